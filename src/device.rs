@@ -1,0 +1,154 @@
+//! `--device auto|cpu|cuda[:N]|wgpu`: the one place that turns a user's choice into a Burn
+//! [`Device`]. Library code never names a backend.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::Device;
+
+use crate::error::{Error, Result};
+
+/// A device as the user spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    /// The first CUDA GPU, else the CPU (with a notice).
+    #[default]
+    Auto,
+    /// Burn's pure-Rust CPU backend (`flex`).
+    Cpu,
+    /// CUDA GPU number N (CubeCL, kernels compiled by NVRTC at run time).
+    Cuda(usize),
+    /// The default WebGPU/Vulkan adapter (build with `--features wgpu`).
+    Wgpu,
+}
+
+impl FromStr for DeviceSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |reason: &str| Error::Device { spec: s.to_string(), reason: reason.to_string() };
+        match s {
+            "auto" => Ok(DeviceSpec::Auto),
+            "cpu" | "flex" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            "wgpu" => Ok(DeviceSpec::Wgpu),
+            _ => match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse()
+                    .map(DeviceSpec::Cuda)
+                    .map_err(|_| bad("the GPU number after `cuda:` must be an integer")),
+                None => Err(bad("expected auto, cpu, cuda, cuda:N or wgpu")),
+            },
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceSpec::Wgpu => f.write_str("wgpu"),
+        }
+    }
+}
+
+/// The device a run uses, with a human-readable name and, for `auto` falling back to the CPU,
+/// the notice to print.
+pub struct Selected {
+    pub device: Device,
+    pub name: String,
+    pub notice: Option<String>,
+}
+
+/// Number of CUDA GPUs this process can use (0 without the CUDA feature or a driver).
+pub fn cuda_count() -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        Device::enumerate(burn::tensor::DeviceType::Cuda).len()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        0
+    }
+}
+
+/// Resolves `spec` to a device, checking that it exists.
+pub fn select(spec: DeviceSpec) -> Result<Selected> {
+    let err = |reason: String| Error::Device { spec: spec.to_string(), reason };
+    match spec {
+        DeviceSpec::Cpu => Ok(cpu(None)),
+        DeviceSpec::Auto => {
+            if cuda_count() > 0 {
+                select(DeviceSpec::Cuda(0))
+            } else {
+                let why = if cfg!(feature = "cuda") { "no CUDA GPU found" } else { "built without CUDA" };
+                Ok(cpu(Some(format!("{why}; running on the CPU (flex backend)"))))
+            }
+        }
+        DeviceSpec::Cuda(n) => {
+            if !cfg!(feature = "cuda") {
+                return Err(err("this prdit was built without the `cuda` feature".into()));
+            }
+            let count = cuda_count();
+            if n >= count {
+                return Err(err(if count == 0 {
+                    "no CUDA GPU found (is the NVIDIA driver installed and libcuda.so.1 loadable?)".into()
+                } else {
+                    format!("only {count} CUDA GPU(s) found (cuda:0 … cuda:{})", count - 1)
+                }));
+            }
+            #[cfg(feature = "cuda")]
+            {
+                Ok(Selected { device: Device::cuda(n), name: format!("cuda:{n}"), notice: None })
+            }
+            #[cfg(not(feature = "cuda"))]
+            unreachable!("checked above")
+        }
+        DeviceSpec::Wgpu => {
+            #[cfg(feature = "wgpu")]
+            {
+                Ok(Selected {
+                    device: Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+                    name: "wgpu".into(),
+                    notice: None,
+                })
+            }
+            #[cfg(not(feature = "wgpu"))]
+            {
+                Err(err(
+                    "this prdit was built without the `wgpu` feature (cargo build --features wgpu)".into()
+                ))
+            }
+        }
+    }
+}
+
+fn cpu(notice: Option<String>) -> Selected {
+    Selected { device: Device::flex(), name: "cpu".into(), notice }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+        assert_eq!("wgpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Wgpu);
+        for bad in ["gpu", "cuda:x", "cuda:", ""] {
+            assert!(bad.parse::<DeviceSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cpu_always_works() {
+        let s = select(DeviceSpec::Cpu).unwrap();
+        assert_eq!(s.name, "cpu");
+        assert!(s.notice.is_none());
+    }
+}

@@ -1,0 +1,88 @@
+//! The angular image-and-noise ("IaN") diffusion of PRDiT (spec §6): `x_t = cos φ(t)·x₀ +
+//! sin φ(t)·ε` with `φ(t) = (π/2)·t/T`, `ε = 0.5·z`, T = 1000; the network predicts both ε
+//! and x₀, and the loss is the sum of the two mean squared errors.
+//!
+//! Python: `diffusion/ian_diffusion.py`.
+
+pub mod noise;
+pub mod sampler;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+pub use noise::{InjectedNoise, NoiseSource, SeededNoise};
+pub use sampler::{SampleOutput, Sampler, sample, time_grid};
+
+use crate::model::Prdit;
+
+/// Number of diffusion steps T.
+pub const NUM_TIMESTEPS: usize = 1000;
+/// Standard deviation of the diffusion noise ε (training, initial state, corrector).
+pub const NOISE_STD: f64 = 0.5;
+
+/// φ(t) = (π/2)·t/T.
+pub fn angle(t: f64) -> f64 {
+    std::f64::consts::FRAC_PI_2 * t / NUM_TIMESTEPS as f64
+}
+
+/// Anything that predicts noise and image from a noisy volume: the network, or an analytic
+/// stand-in in tests.
+pub trait Denoiser {
+    /// - `x_t`: `[batch, 1, S, S, S]`; `t`: one diffusion time per sample
+    /// - returns `(ε̂, x̂₀)`, each `[batch, 1, S, S, S]`
+    fn predict(&self, x_t: Tensor<5>, t: &[f32]) -> (Tensor<5>, Tensor<5>);
+}
+
+impl Denoiser for Prdit {
+    fn predict(&self, x_t: Tensor<5>, t: &[f32]) -> (Tensor<5>, Tensor<5>) {
+        split_prediction(self.forward(x_t, t))
+    }
+}
+
+/// Splits the network output `[batch, 2, …]` into (ε̂, x̂₀) = (channel 0, channel 1).
+pub fn split_prediction(out: Tensor<5>) -> (Tensor<5>, Tensor<5>) {
+    (out.clone().narrow(1, 0, 1), out.narrow(1, 1, 1))
+}
+
+/// Integer diffusion times as the floats the network takes.
+pub fn times(t: &[usize]) -> Vec<f32> {
+    t.iter().map(|&v| v as f32).collect()
+}
+
+/// Per-sample coefficient `[batch, 1, 1, 1, 1]` from host values.
+fn per_sample(values: Vec<f32>, device: &Device) -> Tensor<5> {
+    let n = values.len();
+    Tensor::from_data(TensorData::new(values, [n, 1, 1, 1, 1]), device)
+}
+
+/// The forward process: `x_t = cos φ(t)·x₀ + sin φ(t)·ε` per sample.
+/// - `x0`, `noise` (already scaled, std 0.5): `[batch, C, S, S, S]`; `t`: one time per sample
+pub fn q_sample(x0: Tensor<5>, t: &[usize], noise: Tensor<5>) -> Tensor<5> {
+    let device = x0.device();
+    let cos = per_sample(t.iter().map(|&v| angle(v as f64).cos() as f32).collect(), &device);
+    let sin = per_sample(t.iter().map(|&v| angle(v as f64).sin() as f32).collect(), &device);
+    x0 * cos + noise * sin
+}
+
+/// The training objective's terms. `total = image + noise` (equal weights).
+pub struct LossTerms {
+    /// Scalar `[1]`: mean over the batch of the per-sample total.
+    pub total: Tensor<1>,
+    /// Scalar `[1]`: mean over the batch of the per-sample image MSE.
+    pub image: Tensor<1>,
+    /// Scalar `[1]`: mean over the batch of the per-sample noise MSE.
+    pub noise: Tensor<1>,
+    /// `[batch]`: image MSE + noise MSE of each sample.
+    pub per_sample: Tensor<1>,
+}
+
+/// The two-term loss of spec §6.2 for given times and noise.
+/// - `x0`, `noise`: `[batch, 1, S, S, S]` (noise already scaled by 0.5); `t`: one per sample
+pub fn training_loss(model: &impl Denoiser, x0: Tensor<5>, t: &[usize], noise: Tensor<5>) -> LossTerms {
+    let x_t = q_sample(x0.clone(), t, noise.clone());
+    let (eps_hat, x0_hat) = model.predict(x_t, &times(t));
+    let mse = |a: Tensor<5>, b: Tensor<5>| (a - b).square().mean_dims(&[1, 2, 3, 4]).flatten::<1>(0, 4);
+    let image = mse(x0_hat, x0); // [batch]
+    let noise = mse(eps_hat, noise); // [batch]
+    let per_sample = image.clone() + noise.clone();
+    LossTerms { total: per_sample.clone().mean(), image: image.mean(), noise: noise.mean(), per_sample }
+}

@@ -1,0 +1,158 @@
+//! `prdit inspect`: what a configuration costs before anything runs — parameters per part
+//! and stage, the token grid, and an activation-memory estimate per volume.
+//!
+//! The memory figures are estimates by counting f32 values per token (documented on
+//! [`ActivationEstimate`]); weights, optimizer state and allocator slack come on top.
+
+use serde::Serialize;
+
+use crate::model::{ParamCounts, PrditConfig};
+
+/// Activation memory per volume, in bytes (f32), by counting values per token.
+///
+/// - `sampling`: peak of one no-grad forward: the patch tokens plus the largest set of
+///   temporaries alive at once (local denoiser ≈ 5·D per token; DiT ≈ D + O + 9·H).
+/// - `training`: values autodiff keeps for the backward pass: stage 1 ≈ 20·D + 2·O per token;
+///   stage 2 (stage 1 frozen, outside the graph) ≈ D + 13·H + 2·O + L·20·H per token.
+/// - `attention_scores`: what one attention layer adds per volume when its h·N² score
+///   matrix is materialised (×2 under autodiff, which keeps scores and probabilities);
+///   fused attention does not store it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ActivationEstimate {
+    pub sampling: u64,
+    pub training_stage1: u64,
+    pub training_stage2: u64,
+    pub attention_scores: u64,
+}
+
+/// Everything `prdit inspect` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub name: String,
+    pub config: PrditConfig,
+    pub grid: usize,
+    pub tokens: usize,
+    pub token_dim: usize,
+    pub out_dim: usize,
+    pub params: ParamCounts,
+    pub total_params: usize,
+    pub memory_per_volume: ActivationEstimate,
+}
+
+/// Builds the report of `cfg`.
+pub fn report(cfg: &PrditConfig) -> Report {
+    let n = cfg.num_tokens() as u64;
+    let (d, o, h, l) =
+        (cfg.token_dim() as u64, cfg.out_dim() as u64, cfg.hidden_size as u64, cfg.depth as u64);
+    let bytes = |floats_per_token: u64| floats_per_token * n * 4;
+    let fine_peak = if l > 0 { d + o + 9 * h } else { 0 };
+    let attention_scores = if l > 0 { cfg.num_heads as u64 * n * n * 4 } else { 0 };
+    Report {
+        name: cfg.name(),
+        config: cfg.clone(),
+        grid: cfg.grid(),
+        tokens: cfg.num_tokens(),
+        token_dim: cfg.token_dim(),
+        out_dim: cfg.out_dim(),
+        params: cfg.param_counts(),
+        total_params: cfg.param_counts().total(),
+        memory_per_volume: ActivationEstimate {
+            sampling: bytes((5 * d).max(fine_peak) + o),
+            training_stage1: bytes(20 * d + 2 * o),
+            training_stage2: if l > 0 { bytes(d + 13 * h + 2 * o + l * 20 * h) } else { 0 },
+            attention_scores,
+        },
+    }
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+fn count(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.config;
+        let p = &self.params;
+        writeln!(f, "{} at {}³", self.name, c.input_size)?;
+        writeln!(
+            f,
+            "  patches      {}³ windows, stride {}, reflect padding {}; token width D = {}",
+            c.patch_size, c.stride, c.padding, self.token_dim
+        )?;
+        writeln!(
+            f,
+            "  token grid   {}³ = {} tokens; {} outputs per token",
+            self.grid, self.tokens, self.out_dim
+        )?;
+        if c.depth > 0 {
+            writeln!(
+                f,
+                "  transformer  hidden {}, {} heads × {}, depth {}, MLP {}",
+                c.hidden_size,
+                c.num_heads,
+                c.hidden_size / c.num_heads,
+                c.depth,
+                c.mlp_hidden()
+            )?;
+        }
+        writeln!(f, "parameters")?;
+        writeln!(f, "  timestep embedder   {:>13}", count(p.timestep_embedder))?;
+        writeln!(f, "  local denoiser      {:>13}", count(p.coarse))?;
+        writeln!(f, "  global DiT          {:>13}", count(p.fine))?;
+        writeln!(f, "  total               {:>13}", count(self.total_params))?;
+        writeln!(f, "  stage 1 trains      {:>13}  (trunk, coarse head, local denoiser)", count(p.stage1))?;
+        if c.depth > 0 {
+            writeln!(
+                f,
+                "  stage 2 trains      {:>13}  (global DiT, fine head; stage 1 frozen)",
+                count(p.stage2_trainable)
+            )?;
+        }
+        let m = &self.memory_per_volume;
+        writeln!(f, "activation memory per volume (f32 estimate, weights and optimizer not included)")?;
+        writeln!(f, "  sampling forward    {:>10}", gib(m.sampling))?;
+        writeln!(f, "  stage 1 training    {:>10}", gib(m.training_stage1))?;
+        if c.depth > 0 {
+            writeln!(
+                f,
+                "  stage 2 training    {:>10}  (with fused attention backward)",
+                gib(m.training_stage2)
+            )?;
+            writeln!(
+                f,
+                "  + per layer if attention scores are stored: {} (×2 in training)",
+                gib(m.attention_scores)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_numbers() {
+        let cfg = PrditConfig::from_name("PRDiT-B/12/4", 128).unwrap();
+        let r = report(&cfg);
+        assert_eq!((r.grid, r.tokens, r.total_params), (16, 4096, 93_228_992));
+        assert_eq!(r.params.stage2_trainable, 54_072_832);
+        // B-size at 128³: 12 heads · 4096² · 4 B = 805 MB of scores per layer (spec §15).
+        assert_eq!(r.memory_per_volume.attention_scores, 12 * 4096 * 4096 * 4);
+        let text = r.to_string();
+        assert!(text.contains("93,228,992") && text.contains("54,072,832"), "{text}");
+    }
+}

@@ -1,0 +1,18 @@
+//! prdit: PRDiT (Pixel-Level Residual Diffusion Transformer, ICLR 2026) on Burn — train and
+//! sample 3D CT volumes at voxel level.
+//!
+//! - [`model`]: the network (stage-1 local denoiser, stage-2 global residual DiT).
+//! - [`diffusion`]: the angular image-and-noise process, its loss and both samplers.
+//! - [`weights`]: official PyTorch / safetensors state dicts and prdit's own checkpoints.
+//! - [`device`]: `--device auto|cpu|cuda[:N]|wgpu`.
+//! - [`inspect`]: sizes and memory estimates of a configuration.
+
+pub mod device;
+pub mod diffusion;
+pub mod error;
+pub mod inspect;
+pub mod model;
+pub mod weights;
+
+pub use error::{Error, Result};
+pub use model::{Prdit, PrditConfig};

@@ -1,0 +1,64 @@
+//! The real `prdit` binary, driven as a user would.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn prdit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_prdit")).args(args).output().expect("prdit runs")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn inspect_reports_the_paper_model() {
+    let o = prdit(&["inspect", "--model", "PRDiT-B/12/4", "--size", "128"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("93,228,992"), "{out}");
+    assert!(out.contains("54,072,832"), "{out}");
+    assert!(out.contains("16³ = 4096 tokens"), "{out}");
+
+    let o = prdit(&["inspect", "--model", "PRDiT-XL/12/4", "--size", "64", "--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["total_params"], 155_974_208u64);
+    assert_eq!(v["tokens"], 512);
+}
+
+#[test]
+fn bad_names_and_devices_are_explained() {
+    let o = prdit(&["inspect", "--model", "PRDiT-L/12/4"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err.contains("PRDiT-L/12/4") && err.contains("divisible by 6"), "{err}");
+
+    let o = prdit(&["--device", "gpu", "inspect", "--model", "PRDiT-B/12/0"]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("expected auto, cpu, cuda, cuda:N or wgpu"));
+}
+
+#[test]
+fn inspect_loads_official_weights_strictly() {
+    let meta = common::read_meta();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("model.toml");
+    std::fs::write(&cfg_path, toml::to_string(&meta.config).unwrap()).unwrap();
+    let pt = common::parity_dir().join("parity_state_dict.pt");
+    let cfg = cfg_path.to_str().unwrap();
+    let o = prdit(&["--device", "cpu", "inspect", "--model", cfg, "--weights", pt.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("loaded strictly (57 tensors"), "{out}");
+
+    // The same file against another depth: refused, naming keys.
+    let mut other = meta.config.clone();
+    other.depth = 1;
+    std::fs::write(&cfg_path, toml::to_string(&other).unwrap()).unwrap();
+    let o = prdit(&["--device", "cpu", "inspect", "--model", cfg, "--weights", pt.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err.contains("parity_state_dict.pt") && err.contains("unexpected key `fine.blocks.1."), "{err}");
+}

@@ -1,0 +1,109 @@
+//! Fixture access shared by the integration tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use prdit::PrditConfig;
+use prdit::weights::{Entry, HostTensor, StateDict};
+
+/// The parity fixture folder: `PRDIT_PARITY_DIR`, else `../shared/fixtures/parity`.
+pub fn parity_dir() -> PathBuf {
+    fixture_dir("PRDIT_PARITY_DIR", "parity")
+}
+
+/// The extra fixture folder (samplers, resampling): `PRDIT_EXTRA_DIR`, else
+/// `../shared/fixtures/extra`.
+pub fn extra_dir() -> PathBuf {
+    fixture_dir("PRDIT_EXTRA_DIR", "extra")
+}
+
+/// The MedicalNet fixture folder: `PRDIT_MED3D_DIR`, else `../shared/fixtures/med3d`.
+pub fn med3d_dir() -> PathBuf {
+    fixture_dir("PRDIT_MED3D_DIR", "med3d")
+}
+
+fn fixture_dir(var: &str, name: &str) -> PathBuf {
+    let dir = match std::env::var_os(var) {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(name),
+    };
+    assert!(
+        dir.is_dir(),
+        "fixture folder {} not found: set {var} or place the shared fixtures next to the repository",
+        dir.display()
+    );
+    dir
+}
+
+/// All tensors of a safetensors fixture file, as f32 host tensors.
+pub fn read_fixture(path: PathBuf) -> BTreeMap<String, HostTensor> {
+    let sd = StateDict::open(&path, Entry::Auto).unwrap_or_else(|e| panic!("{e}"));
+    sd.keys().map(|k| (k.to_string(), sd.read(k).unwrap())).collect()
+}
+
+/// A host tensor on `device`.
+pub fn tensor<const D: usize>(t: &HostTensor, device: &Device) -> Tensor<D> {
+    assert_eq!(t.shape.len(), D, "rank of a fixture tensor");
+    Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
+}
+
+/// Host values of a tensor.
+pub fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().unwrap()
+}
+
+/// max |a − b| / max |b|.
+pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "element counts differ");
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(1e-30);
+    let diff = got.iter().zip(want).fold(0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
+    diff / scale
+}
+
+/// Asserts `got` matches the fixture tensor within `tol` (relative to its largest value).
+pub fn assert_close(name: &str, got: &[f32], want: &HostTensor, tol: f64) {
+    let e = rel_err(got, &want.data);
+    assert!(e <= tol, "{name}: relative error {e:.3e} > {tol:.0e}");
+    eprintln!("{name}: relative error {e:.3e} (tolerance {tol:.0e})");
+}
+
+/// The fixture's model configuration, read from `parity_meta.json` (`config`), and the
+/// batch size and timesteps.
+pub struct Meta {
+    pub config: PrditConfig,
+    pub batch: usize,
+    pub t: Vec<usize>,
+    pub loss: f64,
+}
+
+pub fn read_meta() -> Meta {
+    let path = parity_dir().join("parity_meta.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let c = &v["config"];
+    let int = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("config.{k} missing")) as usize;
+    let num = |k: &str| c[k].as_f64().unwrap_or_else(|| panic!("config.{k} missing"));
+    // Settings prdit fixes by construction: a fixture with other values is not comparable.
+    assert_eq!(num("layer_norm_eps"), 1e-6, "fixture uses another LayerNorm eps");
+    assert_eq!(num("noise_std"), 0.5, "fixture uses another noise std");
+    assert_eq!(int("num_timesteps"), 1000, "fixture uses another T");
+    assert_eq!(num("local_mlp_ratio"), 1.0, "fixture uses another local MLP ratio");
+    let config = PrditConfig {
+        input_size: int("input_size"),
+        in_channels: int("in_channels"),
+        out_channels: int("out_channels"),
+        patch_size: int("patch_size"),
+        stride: int("stride"),
+        padding: int("padding"),
+        hidden_size: int("hidden_size"),
+        num_heads: int("num_heads"),
+        depth: int("depth"),
+        mlp_ratio: num("mlp_ratio"),
+        frequency_size: int("timestep_frequency_size"),
+    };
+    config.validate().expect("fixture configuration is valid");
+    let t = v["t"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as usize).collect();
+    Meta { config, batch: v["batch"].as_u64().unwrap() as usize, t, loss: v["loss"].as_f64().unwrap() }
+}
