@@ -156,11 +156,11 @@ impl PrditConfig {
                 format!("is {}, but the image-and-noise diffusion needs 2 (noise, image)", self.out_channels),
             ));
         }
-        if self.frequency_size % 2 != 0 {
+        if !self.frequency_size.is_multiple_of(2) {
             return Err(Error::invalid("frequency_size", "must be even (cos and sin halves)"));
         }
         let s = self.input_size;
-        if s % self.stride != 0 {
+        if !s.is_multiple_of(self.stride) {
             return Err(Error::invalid(
                 "input_size",
                 format!("{s} is not a multiple of the stride {}", self.stride),
@@ -198,13 +198,13 @@ impl PrditConfig {
             ));
         }
         if self.depth > 0 {
-            if self.hidden_size % self.num_heads != 0 {
+            if !self.hidden_size.is_multiple_of(self.num_heads) {
                 return Err(Error::invalid(
                     "num_heads",
                     format!("hidden size {} is not divisible by {} heads", self.hidden_size, self.num_heads),
                 ));
             }
-            if self.hidden_size % 6 != 0 {
+            if !self.hidden_size.is_multiple_of(6) {
                 return Err(Error::invalid(
                     "hidden_size",
                     format!(
@@ -216,7 +216,7 @@ impl PrditConfig {
                 ));
             }
             let hidden = self.hidden_size as f64 * self.mlp_ratio;
-            if !(self.mlp_ratio > 0.0) || hidden.fract() != 0.0 {
+            if self.mlp_ratio.is_nan() || self.mlp_ratio <= 0.0 || hidden.fract() != 0.0 {
                 return Err(Error::invalid(
                     "mlp_ratio",
                     format!(
@@ -370,9 +370,13 @@ mod tests {
         let e = PrditConfig::from_name("PRDiT-L/12/4", 128).unwrap_err().to_string();
         assert!(e.contains("divisible by 6"), "{e}");
         assert!(PrditConfig::from_name("PRDiT-L/12/0", 128).is_ok());
-        // The broken official name: extraction and output grids disagree.
+        // The broken official name PRDiT-XS/4/1 (4³ windows, stride 2, no padding): the
+        // extraction gives 7 windows per axis at 16³, the output grid needs 8.
         let e = PrditConfig::from_name("PRDiT-XS/4/1", 16).unwrap_err().to_string();
         assert!(e.contains("patch"), "{e}");
+        let xs41 = PrditConfig { stride: 2, depth: 1, ..PrditConfig::from_name("PRDiT-XS/4/0", 16).unwrap() };
+        let e = xs41.validate().unwrap_err().to_string();
+        assert!(e.contains("gives 7 windows per axis") && e.contains("has 8"), "{e}");
         for bad in ["PRDiT-M/12/4", "PRDiT-B/12", "PRDiT-B/x/4", "DiT-B/12/12", "B/12/4"] {
             assert!(PrditConfig::from_name(bad, 128).is_err(), "{bad}");
         }
