@@ -160,4 +160,38 @@ mod tests {
         let max = out.abs().max().into_scalar::<f32>();
         assert_eq!(max, 0.0);
     }
+
+    #[test]
+    fn frozen_stage1_gets_no_gradient_no_optimizer_state_and_does_not_move() {
+        use crate::diffusion::{NOISE_STD, NoiseSource, SeededNoise, training_loss};
+        use crate::weights::export::state_dict;
+        use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+
+        let device = Device::flex().autodiff();
+        let mut cfg = PrditConfig::from_name("PRDiT-XS/4/0", 16).unwrap();
+        (cfg.depth, cfg.stride, cfg.padding) = (2, 2, 1);
+        let model = Prdit::init(&cfg, 1, &device).unwrap().freeze_stage1();
+        let before = state_dict(&model);
+        let mut noise = SeededNoise::new(2, NOISE_STD);
+        let x0 = noise.draw([2, 1, 16, 16, 16], &device).unwrap();
+        let eps = noise.draw([2, 1, 16, 16, 16], &device).unwrap();
+        let loss = training_loss(&model, x0, &[10, 900], eps);
+        let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+        // Trainable: fine head (2) + patch embedder (7) + 10 per block + final layer (4).
+        let trainable = 2 + 7 + 10 * cfg.depth + 4;
+        assert_eq!(grads.len(), trainable);
+        let mut optim = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0).init();
+        let model = optim.step(1e-3, model, grads);
+        // AdamW keeps two moments per trainable tensor and nothing for the frozen ones.
+        let record = format!("{:?}", optim.to_record());
+        assert!(record.contains(&format!("num_tensors: {}", 2 * trainable)), "{record}");
+        let after = state_dict(&model);
+        for (key, value) in &before {
+            let frozen = !(key.starts_with("fine.") || key.starts_with("t_embedder.fine_head."));
+            if frozen {
+                assert_eq!(value, &after[key], "{key} is frozen and must not move");
+            }
+        }
+        assert_ne!(before["fine.final_layer.linear.weight"], after["fine.final_layer.linear.weight"]);
+    }
 }
