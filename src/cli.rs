@@ -1,13 +1,19 @@
 //! Command-line arguments and dispatch. Nothing past this file sees clap types.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use prdit::PrditConfig;
+use prdit::config::RunConfig;
+use prdit::data::{Window, nifti, phantom};
 use prdit::device::{self, DeviceSpec};
 use prdit::inspect;
+use prdit::train::{Stage, Summary, TrainOptions};
 use prdit::weights::{self, Entry, FileKind};
 
 /// PRDiT: generate 3D CT volumes at voxel level with a pixel-level residual diffusion transformer.
@@ -30,9 +36,73 @@ fn parse_device(s: &str) -> Result<DeviceSpec, String> {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Train stage 1, the local MLP denoiser on overlapping patches.
+    TrainLocal(TrainArgs),
+    /// Train stage 2, the global residual DiT on top of a frozen stage 1.
+    TrainGlobal(TrainGlobalArgs),
+    /// Write the built-in synthetic chest-CT dataset (NIfTI, model space and HU).
+    Phantom(PhantomArgs),
+    /// The first thing to run: a phantom dataset, a brief stage-1 and stage-2 training of a
+    /// tiny model, and previews — a few minutes on a laptop CPU.
+    Demo(DemoArgs),
     /// Sizes of a model: parameters per stage, token grid, activation memory per volume;
     /// with --weights, also load a weights file strictly and report what it holds.
     Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The run configuration (TOML). Optional with --resume (the run's own config.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run directory (default: runs/<config name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue from the run directory's newest complete checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Override `train.total_steps`.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Override `data.train` (a folder of NIfTI volumes or a list file).
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct TrainGlobalArgs {
+    #[command(flatten)]
+    common: TrainArgs,
+    /// Stage-1 weights: a stage-1 run directory, a prdit model file or an official
+    /// .pt/.pth (overrides `[global] local`).
+    #[arg(long)]
+    local: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct PhantomArgs {
+    /// Output folder: model-space volumes at the top, HU volumes under hu/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of volumes.
+    #[arg(long, default_value_t = 16)]
+    num: usize,
+    /// Volume edge.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Seed of the first volume (volume i uses seed + i).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Output folder.
+    #[arg(long, default_value = "prdit-demo")]
+    out: PathBuf,
+    /// Training steps of each stage.
+    #[arg(long, default_value_t = 200)]
+    steps: u64,
 }
 
 #[derive(Args)]
@@ -58,8 +128,202 @@ pub struct InspectArgs {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::TrainLocal(args) => train_cmd(cli.device, Stage::Local, args, None, cli.quiet).map(|_| ()),
+        Command::TrainGlobal(args) => {
+            train_cmd(cli.device, Stage::Global, args.common, args.local, cli.quiet).map(|_| ())
+        }
+        Command::Phantom(args) => phantom_cmd(&args),
+        Command::Demo(args) => demo_cmd(cli.device, &args, cli.quiet),
         Command::Inspect(args) => inspect_cmd(cli.device, args),
     }
+}
+
+/// Ctrl-C: the first press stops training after the current step (with a checkpoint), the
+/// second exits at once.
+fn stop_flag() -> Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = flag.clone();
+        let _ = ctrlc::set_handler(move || {
+            if f.swap(true, Ordering::SeqCst) {
+                eprintln!("\ninterrupted again: exiting without a checkpoint");
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to abort)");
+        });
+        flag
+    })
+    .clone()
+}
+
+fn device_for(spec: DeviceSpec) -> Result<burn::tensor::Device> {
+    let selected = device::select(spec)?;
+    if let Some(notice) = &selected.notice {
+        eprintln!("note: {notice}");
+    }
+    tracing::info!("device: {}", selected.name);
+    Ok(selected.device)
+}
+
+fn train_cmd(
+    spec: DeviceSpec,
+    stage: Stage,
+    args: TrainArgs,
+    local: Option<PathBuf>,
+    quiet: bool,
+) -> Result<Summary> {
+    let (mut cfg, default_out) = match (&args.config, &args.out) {
+        (Some(path), _) => {
+            let cfg = RunConfig::load(path).with_context(|| format!("configuration {}", path.display()))?;
+            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("run").to_string();
+            (cfg, PathBuf::from("runs").join(name))
+        }
+        (None, Some(out)) if args.resume => {
+            let path = out.join("config.toml");
+            (
+                RunConfig::load(&path)
+                    .with_context(|| format!("the run's configuration {}", path.display()))?,
+                out.clone(),
+            )
+        }
+        _ => bail!("--config is required (or --out RUN_DIR with --resume)"),
+    };
+    if let Some(steps) = args.steps {
+        cfg.train.total_steps = steps;
+    }
+    if let Some(data) = args.data {
+        cfg.data.train = data;
+    }
+    cfg.validate()?;
+    let opts = TrainOptions {
+        stage,
+        run_dir: args.out.unwrap_or(default_out),
+        resume: args.resume,
+        device: device_for(spec)?,
+        local,
+        progress: !quiet && std::io::stderr().is_terminal(),
+        stop: stop_flag(),
+    };
+    let summary = prdit::train::train(cfg, &opts)?;
+    print_summary(&summary);
+    Ok(summary)
+}
+
+fn print_summary(s: &Summary) {
+    let state = if s.interrupted { "interrupted" } else { "finished" };
+    println!("{state} at step {}/{} in {}", s.step, s.total_steps, s.run_dir.display());
+    if let Some(l) = s.last_loss {
+        println!("  last loss {l:.5}");
+    }
+    if let Some((step, v)) = s.best {
+        println!("  best validation image MSE {v:.6} at step {step}");
+    }
+    if s.skipped > 0 {
+        println!("  {} steps skipped for a non-finite or huge loss", s.skipped);
+    }
+    if let Some(c) = &s.checkpoint {
+        println!("  checkpoint {}", c.display());
+    }
+    if s.interrupted {
+        println!("  continue with: --out {} --resume", s.run_dir.display());
+    }
+}
+
+/// The window phantoms are written with (model space [−1, 1] ↔ HU).
+const PHANTOM_WINDOW: Window = Window { min_hu: -1000.0, max_hu: 1000.0 };
+
+fn phantom_cmd(args: &PhantomArgs) -> Result<()> {
+    if args.num == 0 || args.size < 8 {
+        bail!("--num must be at least 1 and --size at least 8");
+    }
+    let hu_dir = args.out.join("hu");
+    std::fs::create_dir_all(&hu_dir).with_context(|| format!("creating {}", hu_dir.display()))?;
+    let mut entries = Vec::new();
+    for i in 0..args.num {
+        let seed = args.seed + i as u64;
+        let hu = phantom::chest_phantom(args.size, seed);
+        let name = format!("phantom-{seed:05}.nii.gz");
+        nifti::write_volume(&hu_dir.join(&name), &hu, &format!("prdit phantom seed {seed}, HU"))?;
+        let mut model = hu.clone();
+        model.data.iter_mut().for_each(|v| *v = PHANTOM_WINDOW.to_model(*v));
+        nifti::write_volume(
+            &args.out.join(&name),
+            &model,
+            &format!("prdit phantom seed {seed}, model space"),
+        )?;
+        entries.push(serde_json::json!({"file": name, "seed": seed, "hu_file": format!("hu/{name}"),
+            "shape": hu.dims, "spacing_mm": hu.spacing}));
+    }
+    let manifest = serde_json::json!({
+        "source": "prdit phantom", "window_hu": [PHANTOM_WINDOW.min_hu, PHANTOM_WINDOW.max_hu],
+        "size": args.size, "volumes": entries,
+    });
+    let path = args.out.join("dataset.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "{} phantom volumes of {}³ in {} (HU copies in {})",
+        args.num,
+        args.size,
+        args.out.display(),
+        hu_dir.display()
+    );
+    Ok(())
+}
+
+/// The demo's configurations, embedded so the binary needs no files.
+const DEMO_LOCAL: &str = include_str!("../configs/tiny-local.toml");
+const DEMO_GLOBAL: &str = include_str!("../configs/tiny-global.toml");
+
+fn demo_cmd(spec: DeviceSpec, args: &DemoArgs, quiet: bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    let data = args.out.join("data");
+    let local: RunConfig = RunConfig::parse(DEMO_LOCAL)?;
+    let size = local.model.input_size;
+    println!("1/3 phantom dataset: 24 chest phantoms of {size}³ in {}", data.display());
+    phantom_cmd(&PhantomArgs { out: data.clone(), num: 24, size, seed: 0 })?;
+    let write_cfg = |text: &str, name: &str| -> Result<PathBuf> {
+        let mut cfg = RunConfig::parse(text)?;
+        cfg.data.train = std::path::absolute(&data)?;
+        cfg.train.total_steps = args.steps;
+        let path = args.out.join(name);
+        std::fs::write(&path, cfg.to_toml())?;
+        Ok(path)
+    };
+    let local_cfg = write_cfg(DEMO_LOCAL, "tiny-local.toml")?;
+    let global_cfg = write_cfg(DEMO_GLOBAL, "tiny-global.toml")?;
+    let run1 = args.out.join("runs/local");
+    let run2 = args.out.join("runs/global");
+    println!("2/3 stage 1 (local denoiser), {} steps → {}", args.steps, run1.display());
+    let resume1 = run1.join("checkpoints").is_dir();
+    let common = |config: PathBuf, out: PathBuf, resume: bool| TrainArgs {
+        config: Some(config),
+        out: Some(out),
+        resume,
+        steps: None,
+        data: None,
+    };
+    train_cmd(spec, Stage::Local, common(local_cfg, run1.clone(), resume1), None, quiet)?;
+    println!(
+        "3/3 stage 2 (global residual DiT on the frozen stage 1), {} steps → {}",
+        args.steps,
+        run2.display()
+    );
+    let resume2 = run2.join("checkpoints").is_dir();
+    train_cmd(spec, Stage::Global, common(global_cfg, run2.clone(), resume2), Some(run1.clone()), quiet)?;
+    println!("\ndemo done in {:.0} s. Outputs:", started.elapsed().as_secs_f64());
+    println!("  data       {}  (HU copies in data/hu, manifest data/dataset.json)", data.display());
+    for run in [&run1, &run2] {
+        let last = std::fs::read_dir(run.join("previews")).ok().and_then(|d| {
+            d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "png")).max()
+        });
+        println!("  run        {}  (metrics.jsonl, checkpoints/)", run.display());
+        if let Some(p) = last {
+            println!("  preview    {}  (rows: volume, noisy at t=100, reconstruction)", p.display());
+        }
+    }
+    Ok(())
 }
 
 /// A model from an official name or a TOML/JSON file of [`PrditConfig`] fields.

@@ -25,6 +25,10 @@ pub enum Error {
     #[error("{}: {reason}", path.display())]
     Weights { path: PathBuf, reason: String },
 
+    /// A data file (volume, dataset list) that cannot be used.
+    #[error("{}: {reason}", path.display())]
+    Data { path: PathBuf, reason: String },
+
     /// A device that cannot be used (not compiled in, not present, bad spelling).
     #[error("device `{spec}`: {reason}")]
     Device { spec: String, reason: String },
@@ -42,6 +46,11 @@ impl Error {
     /// Shorthand for [`Error::Weights`].
     pub fn weights(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::Weights { path: path.into(), reason: reason.into() }
+    }
+
+    /// Shorthand for [`Error::Data`].
+    pub fn data(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Data { path: path.into(), reason: reason.into() }
     }
 
     /// Shorthand for [`Error::Io`].

@@ -7,11 +7,14 @@
 //! - [`device`]: `--device auto|cpu|cuda[:N]|wgpu`.
 //! - [`inspect`]: sizes and memory estimates of a configuration.
 
+pub mod config;
+pub mod data;
 pub mod device;
 pub mod diffusion;
 pub mod error;
 pub mod inspect;
 pub mod model;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

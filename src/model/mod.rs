@@ -165,7 +165,7 @@ mod tests {
     fn frozen_stage1_gets_no_gradient_no_optimizer_state_and_does_not_move() {
         use crate::diffusion::{NOISE_STD, NoiseSource, SeededNoise, training_loss};
         use crate::weights::export::state_dict;
-        use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+        use burn::optim::{AdamWConfig, GradientsParams};
 
         let device = Device::flex().autodiff();
         let mut cfg = PrditConfig::from_name("PRDiT-XS/4/0", 16).unwrap();

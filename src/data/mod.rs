@@ -1,0 +1,11 @@
+//! Data: NIfTI volumes, the built-in chest phantom, in-memory datasets, the batch loader and
+//! preview images.
+
+pub mod dataset;
+pub mod loader;
+pub mod nifti;
+pub mod phantom;
+pub mod preview;
+pub mod volume;
+
+pub use volume::{Volume, Window};

@@ -1,0 +1,130 @@
+//! The only file that knows the NIfTI format: read `.nii`/`.nii.gz` into a [`Volume`] (with
+//! the file's scaling applied), write float32 volumes with spacing and an axis-aligned affine.
+//! Writes are atomic: a crash leaves no partial file under the final name.
+
+use std::path::Path;
+
+use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions, writer::WriterOptions};
+
+use super::volume::Volume;
+use crate::error::{Error, Result};
+
+fn bad(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Data { path: path.to_path_buf(), reason: reason.into() }
+}
+
+/// Whether `path` names a NIfTI file (`.nii` or `.nii.gz`).
+pub fn is_nifti(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    name.ends_with(".nii") || name.ends_with(".nii.gz")
+}
+
+/// Reads a 3D NIfTI volume (a 4D/5D file is accepted when its extra axes have size 1).
+pub fn read_volume(path: &Path) -> Result<Volume> {
+    if !path.is_file() {
+        return Err(bad(path, "no such file"));
+    }
+    let obj =
+        ReaderOptions::new().read_file(path).map_err(|e| bad(path, format!("cannot read as NIfTI: {e}")))?;
+    let header = obj.header().clone();
+    let dim = header.dim().map_err(|e| bad(path, format!("invalid dimensions in the header: {e}")))?.to_vec();
+    if dim.len() < 3 || dim[3..].iter().any(|&d| d != 1) {
+        return Err(bad(path, format!("expected a 3D volume, the header says dimensions {dim:?}")));
+    }
+    let dims = [dim[0] as usize, dim[1] as usize, dim[2] as usize];
+    let array = obj
+        .into_volume()
+        .into_ndarray::<f32>()
+        .map_err(|e| bad(path, format!("cannot decode the voxel data: {e}")))?;
+    let data: Vec<f32> = array.iter().copied().collect(); // logical order: k fastest
+    if data.len() != dims.iter().product::<usize>() {
+        return Err(bad(path, format!("holds {} voxels, the header says {dims:?}", data.len())));
+    }
+    let p = header.pixdim;
+    let spacing = [p[1].abs(), p[2].abs(), p[3].abs()];
+    let spacing = if spacing.iter().all(|s| s.is_finite() && *s > 0.0) { spacing } else { [1.0; 3] };
+    Ok(Volume { dims, spacing, data })
+}
+
+/// Writes `vol` as float32 NIfTI-1 (gzip when the name ends in `.gz`), spacing in the header
+/// and an axis-aligned scanner affine (sform) with that spacing; `description` goes into
+/// `descrip` (at most 79 bytes are kept).
+pub fn write_volume(path: &Path, vol: &Volume, description: &str) -> Result<()> {
+    let [x, y, z] = vol.dims;
+    let array = ndarray::Array3::from_shape_vec((x, y, z), vol.data.clone())
+        .map_err(|e| bad(path, format!("volume data does not match its dimensions: {e}")))?;
+    let [sx, sy, sz] = vol.spacing;
+    let mut descrip = description.as_bytes().to_vec();
+    descrip.truncate(79);
+    descrip.resize(80, 0);
+    let header = NiftiHeader {
+        pixdim: [1.0, sx, sy, sz, 1.0, 1.0, 1.0, 1.0],
+        xyzt_units: 2 | 8, // mm, s
+        sform_code: 1,
+        qform_code: 0,
+        srow_x: [sx, 0.0, 0.0, 0.0],
+        srow_y: [0.0, sy, 0.0, 0.0],
+        srow_z: [0.0, 0.0, sz, 0.0],
+        descrip,
+        ..NiftiHeader::default()
+    };
+    // The writer derives its output name from the extension (and mangles names with dots),
+    // so it writes `out.nii[.gz]` in a scratch folder next to the target, renamed into place.
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let ext = if name.ends_with(".nii.gz") {
+        "nii.gz"
+    } else if name.ends_with(".nii") {
+        "nii"
+    } else {
+        return Err(bad(path, "a NIfTI file name must end in .nii or .nii.gz"));
+    };
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let scratch_dir = parent.join(format!(".partial-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&scratch_dir).map_err(|e| Error::io(&scratch_dir, e))?;
+    let scratch = scratch_dir.join(format!("out.{ext}"));
+    let result = WriterOptions::new(&scratch)
+        .reference_header(&header)
+        .write_nifti_with_type(&array, NiftiType::Float32)
+        .map_err(|e| bad(path, format!("cannot write: {e}")))
+        .and_then(|_| std::fs::rename(&scratch, path).map_err(|e| Error::io(path, e)));
+    let _ = std::fs::remove_dir_all(&scratch_dir);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_values_layout_and_spacing() {
+        let dir = tempfile::tempdir().unwrap();
+        let dims = [3, 4, 5];
+        let data: Vec<f32> = (0..60).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let vol = Volume { dims, spacing: [0.7, 0.8, 2.5], data };
+        for name in ["v.nii", "v.nii.gz"] {
+            let path = dir.path().join(name);
+            write_volume(&path, &vol, "test").unwrap();
+            let back = read_volume(&path).unwrap();
+            assert_eq!(back, vol, "{name}");
+        }
+        // Nothing but the two files is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn corrupt_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = Volume::filled([8, 8, 8], 0.25);
+        let path = dir.path().join("a.nii.gz");
+        write_volume(&path, &vol, "").unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let cut = dir.path().join("cut.nii.gz");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let e = read_volume(&cut).unwrap_err().to_string();
+        assert!(e.contains("cut.nii.gz"), "{e}");
+        let junk = dir.path().join("junk.nii");
+        std::fs::write(&junk, b"not a nifti file at all").unwrap();
+        let e = read_volume(&junk).unwrap_err().to_string();
+        assert!(e.contains("junk.nii"), "{e}");
+    }
+}

@@ -1,0 +1,109 @@
+//! Exponential moving average of the weights, kept in f32 on the base (non-autodiff) device:
+//! `ema ← d·ema + (1 − d)·θ` after every optimizer step, for the parameters that train (a
+//! frozen parameter's average stays exactly equal to it instead of drifting by rounding).
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+
+use crate::model::Prdit;
+use crate::weights::export::official_key;
+
+/// The trainable parameters of `model` (on its inner device), by official key, flattened.
+fn live_params(model: &Prdit) -> HashMap<String, Tensor<1>> {
+    struct Collect {
+        path: Vec<String>,
+        out: HashMap<String, Tensor<1>>,
+    }
+    impl ModuleVisitor for Collect {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val();
+            if t.is_require_grad() {
+                let n = t.dims().iter().product::<usize>();
+                self.out.insert(official_key(&self.path), t.inner().reshape([n]));
+            }
+        }
+    }
+    let mut c = Collect { path: Vec::new(), out: HashMap::new() };
+    model.visit(&mut c);
+    c.out
+}
+
+/// Moves `ema` (a non-autodiff copy of `model`'s network) towards `model`, parameter by
+/// parameter (matched by official key).
+pub fn ema_update(ema: Prdit, model: &Prdit, decay: f64) -> Prdit {
+    struct Lerp {
+        live: HashMap<String, Tensor<1>>,
+        decay: f64,
+        path: Vec<String>,
+    }
+    impl ModuleMapper for Lerp {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (id, tensor, mapper) = param.consume();
+            let tensor = match self.live.remove(&official_key(&self.path)) {
+                Some(live) => {
+                    let dims = tensor.dims();
+                    tensor * self.decay + live.reshape(dims) * (1.0 - self.decay)
+                }
+                None => tensor,
+            };
+            Param::from_mapped_value(id, tensor, mapper)
+        }
+    }
+    ema.map(&mut Lerp { live: live_params(model), decay, path: Vec::new() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PrditConfig;
+    use crate::weights::export::state_dict;
+    use burn::tensor::Device;
+
+    #[test]
+    fn decay_zero_copies_and_half_averages_trainable_only() {
+        let device = Device::flex().autodiff();
+        let mut cfg = PrditConfig::from_name("PRDiT-XS/4/0", 16).unwrap();
+        (cfg.depth, cfg.stride, cfg.padding) = (1, 2, 1);
+        let a = Prdit::init(&cfg, 1, &device).unwrap().freeze_stage1();
+        let ema = a.valid();
+        // A model with other values under the same parameter ids.
+        let b = a.clone().map(&mut Shift);
+        let copied = state_dict(&ema_update(ema.clone(), &b, 0.0));
+        let averaged = state_dict(&ema_update(ema.clone(), &b, 0.5));
+        let (sa, sb) = (state_dict(&a), state_dict(&b));
+        let key = "fine.blocks.0.attn.qkv.bias";
+        assert_eq!(copied[key], sb[key]);
+        let want: Vec<f32> = sa[key].data.iter().zip(&sb[key].data).map(|(x, y)| 0.5 * x + 0.5 * y).collect();
+        assert_eq!(averaged[key].data, want);
+        // Frozen stage 1: untouched.
+        let frozen = "coarse.mlp_denoise.mlp1.fc1_g.bias";
+        assert_eq!(copied[frozen], sa[frozen]);
+    }
+
+    struct Shift;
+    impl ModuleMapper for Shift {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (id, t, mapper) = param.consume();
+            let require = t.is_require_grad();
+            let mut t = Tensor::from_inner(t.inner() + 1.0);
+            if require {
+                t = t.require_grad();
+            }
+            Param::from_mapped_value(id, t, mapper)
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! The training loop of both stages (spec §10): AdamW, global-norm clipping, EMA, skipped
+//! bad steps, logging, evaluation with previews, atomic checkpoints and exact resume.
+
+pub mod ema;
+pub mod optim;
+pub mod report;
+pub mod run;
+pub mod stage2;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunConfig;
+use crate::data::dataset::{Dataset, list_volumes, split};
+use crate::data::loader::{BatchPlan, Loader};
+use crate::data::preview::write_preview;
+use crate::data::volume::Volume;
+use crate::diffusion::noise::{Purpose, normal_noise};
+use crate::diffusion::{Denoiser, NOISE_STD, q_sample, training_loss};
+use crate::error::{Error, Result};
+use crate::model::{Prdit, PrditConfig};
+use crate::weights::checkpoint::{load_model_expecting, save_model};
+use ema::ema_update;
+use optim::{AdamW, AdamWConfig, clip_factor, global_norm, trainable_keys};
+use report::Reporter;
+pub use run::{Checkpoint, RunDir, Stage, TrainState};
+
+/// The diffusion time of the official validation (image-prediction MSE at t = 100).
+pub const VAL_T: usize = 100;
+/// Losses above this are treated like non-finite ones (skipped), as in the official loop.
+pub const MAX_LOSS: f64 = 1e5;
+
+/// How to run a training job (besides its configuration).
+pub struct TrainOptions {
+    pub stage: Stage,
+    pub run_dir: PathBuf,
+    pub resume: bool,
+    /// The compute device (autodiff is added here).
+    pub device: Device,
+    /// Stage 2: the stage-1 source (overrides `[global] local`).
+    pub local: Option<PathBuf>,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+    /// Set (by Ctrl-C) to stop after the current step with a checkpoint.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What a finished (or interrupted) run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub run_dir: PathBuf,
+    pub step: u64,
+    pub total_steps: u64,
+    pub last_loss: Option<f64>,
+    pub best: Option<(u64, f64)>,
+    pub skipped: u64,
+    pub interrupted: bool,
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// The training and validation files of a run, fixed at its start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Split {
+    pub train: Vec<PathBuf>,
+    pub val: Vec<PathBuf>,
+}
+
+fn make_split(cfg: &RunConfig) -> Result<Split> {
+    let files = list_volumes(&cfg.data.train)?;
+    if let Some(v) = &cfg.data.val {
+        return Ok(Split { train: files, val: list_volumes(v)? });
+    }
+    let (train, val) = split(files.len(), cfg.data.val_count, cfg.train.seed)?;
+    let pick = |idx: &[usize]| idx.iter().map(|&i| files[i].clone()).collect();
+    Ok(Split { train: pick(&train), val: pick(&val) })
+}
+
+fn lr_at(cfg: &RunConfig, step: u64) -> f64 {
+    let t = &cfg.train;
+    if t.warmup_steps == 0 { t.lr } else { t.lr * ((step + 1) as f64 / t.warmup_steps as f64).min(1.0) }
+}
+
+fn check_stage(stage: Stage, cfg: &PrditConfig) -> Result<()> {
+    match (stage, cfg.depth) {
+        (Stage::Local, 0) | (Stage::Global, 1..) => Ok(()),
+        (Stage::Local, d) => Err(Error::invalid(
+            "model",
+            format!(
+                "train-local trains the stage-1 model (depth 0), this config has depth {d}: use train-global"
+            ),
+        )),
+        (Stage::Global, _) => Err(Error::invalid(
+            "model",
+            "train-global trains the transformer on top of stage 1, this config has depth 0: use train-local",
+        )),
+    }
+}
+
+/// Validation: mean over `val` of the image-prediction MSE at t = 100 with fixed noise, and
+/// the first volume's (x₀, x_t, x̂₀) for the preview.
+fn evaluate(ema: &Prdit, val: &Dataset, batch: usize, seed: u64, device: &Device) -> (f64, [Volume; 3]) {
+    let s = val.size();
+    let voxels = s * s * s;
+    let mut total = 0.0;
+    let mut preview = None;
+    let indices: Vec<usize> = (0..val.len()).collect();
+    for (n, chunk) in indices.chunks(batch).enumerate() {
+        let b = chunk.len();
+        let mut x0 = Vec::with_capacity(b * voxels);
+        for &i in chunk {
+            val.extend_f32(i, &mut x0);
+        }
+        let noise = normal_noise(seed, Purpose::ValNoise, n as u64, b * voxels, NOISE_STD);
+        let x0 = Tensor::<5>::from_data(TensorData::new(x0, [b, 1, s, s, s]), device);
+        let noise = Tensor::<5>::from_data(TensorData::new(noise, [b, 1, s, s, s]), device);
+        let t = vec![VAL_T; b];
+        let xt = q_sample(x0.clone(), &t, noise);
+        let (_, x0_hat) = ema.predict(xt.clone(), &vec![VAL_T as f32; b]);
+        let err: Vec<f32> = (x0_hat.clone() - x0.clone())
+            .square()
+            .mean_dims(&[1, 2, 3, 4])
+            .into_data()
+            .try_into_vec_as()
+            .unwrap_or_default();
+        total += err.iter().map(|&e| e as f64).sum::<f64>();
+        if preview.is_none() {
+            let first = |t: Tensor<5>| Volume {
+                dims: [s; 3],
+                spacing: [1.0; 3],
+                data: t.narrow(0, 0, 1).into_data().try_into_vec_as().unwrap_or_default(),
+            };
+            preview = Some([first(x0), first(xt), first(x0_hat)]);
+        }
+    }
+    (total / val.len().max(1) as f64, preview.expect("validation set is not empty"))
+}
+
+/// Runs (or resumes) a training job to `cfg.train.total_steps`.
+pub fn train(cfg: RunConfig, opts: &TrainOptions) -> Result<Summary> {
+    // Configuration and run directory, before anything expensive can fail.
+    let model_cfg = cfg.model_config()?;
+    check_stage(opts.stage, &model_cfg)?;
+    let run = RunDir::create(&opts.run_dir)?;
+    let resume_from = if opts.resume {
+        for name in run.clean_partial()? {
+            tracing::warn!("removed {name}: an interrupted checkpoint write");
+        }
+        let latest = run.latest()?;
+        if latest.is_none() {
+            tracing::warn!(
+                "{}: no complete checkpoint to resume from; starting at step 0",
+                run.root.display()
+            );
+        }
+        latest
+    } else {
+        if let Some(c) = run.latest()? {
+            return Err(Error::invalid(
+                "--out",
+                format!(
+                    "{} already holds a run (checkpoint at step {}): pass --resume to continue it, or choose another --out",
+                    run.root.display(),
+                    c.step
+                ),
+            ));
+        }
+        None
+    };
+    let resumed_state = match &resume_from {
+        Some(c) => {
+            let state = c.read_state()?;
+            if state.stage != opts.stage {
+                return Err(Error::invalid(
+                    "--resume",
+                    format!("the run in {} is a {:?} run", run.root.display(), state.stage),
+                ));
+            }
+            let changed = state.config.incompatible_keys(&cfg.resolved()?);
+            if !changed.is_empty() {
+                return Err(Error::invalid(
+                    "--resume",
+                    format!("the configuration differs from the run's in: {}", changed.join(", ")),
+                ));
+            }
+            Some(state)
+        }
+        None => None,
+    };
+    let cfg = cfg.resolved()?;
+    run::write_atomic(&run.config(), cfg.to_toml().as_bytes())?;
+
+    // Data.
+    let split = match (&resumed_state, run.split().is_file()) {
+        (Some(_), true) => {
+            let text = std::fs::read_to_string(run.split()).map_err(|e| Error::io(run.split(), e))?;
+            serde_json::from_str(&text).map_err(|e| Error::data(run.split(), format!("unreadable: {e}")))?
+        }
+        _ => {
+            let s = make_split(&cfg)?;
+            run::write_atomic(
+                &run.split(),
+                serde_json::to_string_pretty(&s).expect("serialises").as_bytes(),
+            )?;
+            s
+        }
+    };
+    let size = model_cfg.input_size;
+    let started = Instant::now();
+    let train_ds = Arc::new(Dataset::load(&split.train, size, cfg.data.storage)?);
+    let val_ds =
+        if split.val.is_empty() { None } else { Some(Dataset::load(&split.val, size, cfg.data.storage)?) };
+    tracing::info!(
+        "data: {} training and {} validation volumes of {size}³ ({:.1} MiB in memory, loaded in {:.1} s)",
+        train_ds.len(),
+        val_ds.as_ref().map_or(0, |v| v.len()),
+        (train_ds.bytes() + val_ds.as_ref().map_or(0, |v| v.bytes())) as f64 / (1 << 20) as f64,
+        started.elapsed().as_secs_f64()
+    );
+    if val_ds.is_none() {
+        tracing::warn!("no validation volumes: evaluation and best-checkpoint tracking are off");
+    }
+    let t = &cfg.train;
+    let plan = BatchPlan::new((0..train_ds.len()).collect(), t.batch_size, t.seed)?;
+
+    // Model, EMA copy, optimizer.
+    let base = opts.device.clone();
+    let ad = base.clone().autodiff();
+    let adam = AdamWConfig { beta1: t.betas[0], beta2: t.betas[1], eps: t.eps, weight_decay: t.weight_decay };
+    let (mut model, mut ema, mut optim, mut state) = match (&resume_from, resumed_state) {
+        (Some(c), Some(state)) => {
+            let mut model = load_model_expecting(&c.model(), &model_cfg, &ad)?;
+            if opts.stage == Stage::Global {
+                model = model.freeze_stage1();
+            }
+            let ema = load_model_expecting(&c.ema(), &model_cfg, &base)?;
+            let optim = AdamW::load(adam, &c.optim(), &trainable_keys(&model), &base)?;
+            if optim.steps() != state.step {
+                return Err(Error::weights(
+                    c.optim(),
+                    format!("holds {} steps, the run is at {}", optim.steps(), state.step),
+                ));
+            }
+            tracing::info!("resuming {} at step {}", run.root.display(), state.step);
+            (model, ema, optim, state)
+        }
+        _ => {
+            let model = match opts.stage {
+                Stage::Local => Prdit::init(&model_cfg, t.seed, &ad)?,
+                Stage::Global => {
+                    let source = opts
+                        .local
+                        .clone()
+                        .or_else(|| cfg.global.as_ref().and_then(|g| g.local.clone()))
+                        .ok_or_else(|| {
+                            Error::invalid(
+                                "global.local",
+                                "train-global needs the stage-1 weights: set it or pass --local",
+                            )
+                        })?;
+                    let gain = cfg.global.as_ref().map_or(0.1, |g| g.init_gain);
+                    let (sd, what) = stage2::stage1_weights(&source, &model_cfg)?;
+                    let m = stage2::build_stage2(&model_cfg, &sd, t.seed, gain, &ad)?;
+                    tracing::info!(
+                        "stage 1 from {what} (raw weights, frozen); stage 2 initialised with gain {gain}"
+                    );
+                    m
+                }
+            };
+            let ema = model.valid();
+            let state = TrainState {
+                format: run::STATE_FORMAT.into(),
+                stage: opts.stage,
+                step: 0,
+                draws: 0,
+                skipped: 0,
+                epoch: 0,
+                batch_in_epoch: 0,
+                seed: t.seed,
+                best: None,
+                elapsed_s: 0.0,
+                prdit_version: env!("CARGO_PKG_VERSION").into(),
+                config: cfg.clone(),
+            };
+            (model, ema, AdamW::new(adam), state)
+        }
+    };
+    state.config = cfg.clone();
+    let counts = model_cfg.param_counts();
+    tracing::info!(
+        "{} at {size}³: {} parameters, {} trained; batch {}, {} steps",
+        model_cfg.name(),
+        counts.total(),
+        if opts.stage == Stage::Local { counts.stage1 } else { counts.stage2_trainable },
+        t.batch_size,
+        t.total_steps
+    );
+
+    let mut report = Reporter::open(&run.metrics(), state.step, opts.progress, t.total_steps)?;
+    let loader =
+        Loader::spawn(train_ds.clone(), plan.clone(), state.draws, u64::MAX >> 24, cfg.data.prefetch);
+    let shape = [t.batch_size, 1, size, size, size];
+    let mut consecutive_bad = 0u64;
+    let mut last_loss = None;
+    let mut last_ckpt = None;
+    let mut interrupted = false;
+    let clock = Instant::now();
+    let elapsed_before = state.elapsed_s;
+
+    let save = |model: &Prdit, ema: &Prdit, optim: &AdamW, state: &TrainState| -> Result<Checkpoint> {
+        let ckpt = run.write_checkpoint(state.step, |dir| {
+            save_model(&model.valid(), &dir.join("model.bpk"))?;
+            run::fault("abort-in-checkpoint", state.step);
+            save_model(ema, &dir.join("ema.bpk"))?;
+            optim.save(&dir.join("optim.bpk"))?;
+            let json = serde_json::to_string_pretty(state).expect("serialises");
+            run::write_atomic(&dir.join("state.json"), json.as_bytes())
+        })?;
+        run.prune(t.keep_last, state.best.map(|b| b.0))?;
+        Ok(ckpt)
+    };
+
+    while state.step < t.total_steps {
+        if opts.stop.load(Ordering::Relaxed) {
+            interrupted = true;
+            break;
+        }
+        let batch = loader.next().expect("the loader produces batches until dropped");
+        state.draws = batch.draw + 1;
+        (state.epoch, state.batch_in_epoch) = plan.position(state.draws);
+        let x0 = Tensor::<5>::from_data(TensorData::new(batch.x0, shape), &ad);
+        let noise = Tensor::<5>::from_data(TensorData::new(batch.noise, shape), &ad);
+        let terms = training_loss(&model, x0, &batch.t, noise);
+        let values: Vec<f32> =
+            Tensor::cat(vec![terms.total.clone(), terms.image.clone(), terms.noise.clone()], 0)
+                .into_data()
+                .try_into_vec_as()
+                .unwrap_or_default();
+        let (loss, image, noise_l) = (values[0] as f64, values[1] as f64, values[2] as f64);
+        if !loss.is_finite() || loss > MAX_LOSS {
+            state.skipped += 1;
+            consecutive_bad += 1;
+            report.line(&format!(
+                "step {}: loss {loss} is {}; step skipped ({} skipped so far)",
+                state.step + 1,
+                if loss.is_finite() { "above 1e5" } else { "not finite" },
+                state.skipped
+            ));
+            report.skipped(state.step, loss, state.skipped)?;
+            if consecutive_bad >= t.max_bad_steps {
+                let ckpt = last_ckpt
+                    .as_ref()
+                    .map_or("none written in this process".to_string(), |c: &Checkpoint| {
+                        c.dir.display().to_string()
+                    });
+                return Err(Error::invalid(
+                    "train",
+                    format!(
+                        "{consecutive_bad} consecutive steps with a non-finite or huge loss at step {}: the run \
+                         diverged (last checkpoint: {ckpt}); lower train.lr or check the data",
+                        state.step
+                    ),
+                ));
+            }
+            continue;
+        }
+        consecutive_bad = 0;
+        let mut grads = GradientsParams::from_grads(terms.total.backward(), &model);
+        let norm = global_norm(&model, &grads);
+        let scale = match (&norm, t.grad_clip > 0.0) {
+            (Some(n), true) => Some(clip_factor(n.clone(), t.grad_clip)),
+            _ => None,
+        };
+        let lr = lr_at(&cfg, state.step);
+        model = optim.step(model, &mut grads, lr, scale);
+        ema = ema_update(ema, &model, t.ema_decay);
+        state.step += 1;
+        last_loss = Some(loss);
+        report.accumulate(loss, image, noise_l);
+        state.elapsed_s = elapsed_before + clock.elapsed().as_secs_f64();
+        let step = state.step;
+        let last = step == t.total_steps;
+
+        if step.is_multiple_of(t.log_every) || last {
+            let norm = norm.map(|n| n.into_scalar::<f32>() as f64);
+            let mem = base.memory_pool_usage().map(|u| u.bytes_reserved);
+            report.log(step, lr, norm, t.batch_size, mem, state.skipped)?;
+        }
+        if let (Some(val), true) = (&val_ds, step.is_multiple_of(t.eval_every) || last) {
+            let (mse, views) = evaluate(&ema, val, t.batch_size, t.seed, &base);
+            let better = state.best.is_none_or(|(_, b)| mse < b);
+            if better {
+                state.best = Some((step, mse));
+            }
+            let png = run.previews().join(format!("step-{step:09}.png"));
+            write_preview(&png, &[&views[0], &views[1], &views[2]], -1.0, 1.0)?;
+            report.eval(step, mse, better)?;
+        }
+        run::fault("abort-after-step", step);
+        let stop = opts.stop.load(Ordering::Relaxed);
+        if step.is_multiple_of(t.ckpt_every) || last || stop {
+            let c = save(&model, &ema, &optim, &state)?;
+            report.line(&format!("checkpoint {}", c.dir.display()));
+            last_ckpt = Some(c);
+        }
+        if stop {
+            interrupted = true;
+            break;
+        }
+    }
+    drop(loader);
+    if interrupted && last_ckpt.as_ref().map(|c| c.step) != Some(state.step) && state.step > 0 {
+        let c = save(&model, &ema, &optim, &state)?;
+        last_ckpt = Some(c);
+    }
+    report.finish();
+    Ok(Summary {
+        run_dir: run.root.clone(),
+        step: state.step,
+        total_steps: t.total_steps,
+        last_loss,
+        best: state.best,
+        skipped: state.skipped,
+        interrupted,
+        checkpoint: last_ckpt.map(|c| c.dir).or_else(|| run.latest().ok().flatten().map(|c| c.dir)),
+    })
+}
+
+/// The checkpoint folder a run directory or path points to (a run directory gives its newest).
+pub fn resolve_checkpoint(path: &Path) -> Result<Checkpoint> {
+    if path.join("state.json").is_file() {
+        let step = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("step-"))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        return Ok(Checkpoint { dir: path.to_path_buf(), step });
+    }
+    RunDir { root: path.to_path_buf() }.latest()?.ok_or_else(|| {
+        Error::weights(path, "neither a checkpoint folder nor a run directory with checkpoints")
+    })
+}

@@ -1,0 +1,153 @@
+//! What a run tells its user: a line every `log_every` steps (losses, learning rate, gradient
+//! norm, speed, memory) on the terminal and in `metrics.jsonl`, evaluations and skipped
+//! steps; a progress bar with ETA when stderr is a terminal, plain log lines otherwise.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+
+/// Logging state of a run.
+pub struct Reporter {
+    path: PathBuf,
+    file: File,
+    bar: Option<ProgressBar>,
+    sums: [f64; 3],
+    count: u64,
+    since: Instant,
+    since_step: u64,
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+impl Reporter {
+    /// Opens `metrics.jsonl` for appending, first dropping records past `step` (left by a
+    /// run that was killed after its last checkpoint).
+    pub fn open(path: &Path, step: u64, progress: bool, total: u64) -> Result<Self> {
+        if path.is_file() {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| s <= step)
+                })
+                .collect();
+            let mut body = kept.join("\n");
+            if !body.is_empty() {
+                body.push('\n');
+            }
+            super::run::write_atomic(path, body.as_bytes())?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+        let bar = progress.then(|| {
+            let bar = ProgressBar::new(total).with_position(step);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}")
+                    .expect("valid template"),
+            );
+            bar
+        });
+        Ok(Reporter {
+            path: path.to_path_buf(),
+            file,
+            bar,
+            sums: [0.0; 3],
+            count: 0,
+            since: Instant::now(),
+            since_step: step,
+        })
+    }
+
+    fn record(&mut self, mut value: Value) -> Result<()> {
+        value["time"] = json!(now());
+        writeln!(self.file, "{value}").and_then(|_| self.file.flush()).map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Prints a line above the progress bar (or as a log line).
+    pub fn line(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => tracing::info!("{text}"),
+        }
+    }
+
+    /// Adds one step's losses to the running means.
+    pub fn accumulate(&mut self, loss: f64, image: f64, noise: f64) {
+        self.sums[0] += loss;
+        self.sums[1] += image;
+        self.sums[2] += noise;
+        self.count += 1;
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+    }
+
+    /// Writes a log record with the means since the last one.
+    pub fn log(
+        &mut self,
+        step: u64,
+        lr: f64,
+        grad_norm: Option<f64>,
+        batch: usize,
+        mem: Option<u64>,
+        skipped: u64,
+    ) -> Result<()> {
+        let n = self.count.max(1) as f64;
+        let [loss, image, noise] = self.sums.map(|s| s / n);
+        let secs = self.since.elapsed().as_secs_f64().max(1e-9);
+        let steps_per_s = (step - self.since_step) as f64 / secs;
+        let rec = json!({
+            "kind": "train", "step": step, "loss": loss, "loss_image": image, "loss_noise": noise,
+            "lr": lr, "grad_norm": grad_norm, "steps_per_s": steps_per_s,
+            "volumes_per_s": steps_per_s * batch as f64, "mem_reserved_bytes": mem, "skipped": skipped,
+        });
+        let mem = mem.map(|m| format!(" mem {:.2} GiB", m as f64 / (1u64 << 30) as f64)).unwrap_or_default();
+        let text = format!(
+            "step {step} loss {loss:.5} (image {image:.5}, noise {noise:.5}) lr {lr:.2e} |g| {} {steps_per_s:.2} steps/s {:.1} vol/s{mem}{}",
+            grad_norm.map_or("-".into(), |g| format!("{g:.3}")),
+            steps_per_s * batch as f64,
+            if skipped > 0 { format!(" skipped {skipped}") } else { String::new() }
+        );
+        self.line(&text);
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("loss {loss:.4}"));
+        }
+        self.sums = [0.0; 3];
+        self.count = 0;
+        self.since = Instant::now();
+        self.since_step = step;
+        self.record(rec)
+    }
+
+    /// Writes an evaluation record.
+    pub fn eval(&mut self, step: u64, val_mse: f64, best: bool) -> Result<()> {
+        self.line(&format!(
+            "step {step} validation: image MSE at t=100 {val_mse:.6}{}",
+            if best { " (best)" } else { "" }
+        ));
+        self.record(json!({"kind": "eval", "step": step, "val_mse": val_mse, "best": best}))
+    }
+
+    /// Records a skipped step.
+    pub fn skipped(&mut self, step: u64, loss: f64, total: u64) -> Result<()> {
+        let loss = if loss.is_finite() { json!(loss) } else { json!(loss.to_string()) };
+        self.record(json!({"kind": "skip", "step": step, "loss": loss, "skipped": total}))
+    }
+
+    /// Ends the progress bar.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Training end to end through the real binary: the loss falls, stage 2 leaves stage 1
+//! untouched, a killed run resumes to exactly what an uninterrupted one computes (also when
+//! the kill hits a checkpoint write), Ctrl-C saves, and bad inputs are named.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::Device;
+use prdit::weights::{checkpoint, export};
+use serde_json::Value;
+
+fn prdit(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_prdit"));
+    cmd.args(["--device", "cpu", "--quiet"]).args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("prdit runs")
+}
+
+fn ok(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "prdit failed ({:?}):\n{err}", o.status);
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    assert!(!o.status.success(), "prdit should have failed");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A phantom dataset of `n` volumes of 16³.
+fn data(dir: &Path, n: usize) -> PathBuf {
+    let out = dir.join("data");
+    ok(&prdit(&["phantom", "--out", out.to_str().unwrap(), "--num", &n.to_string(), "--size", "16"], &[]));
+    out
+}
+
+/// A tiny run file: 16³ volumes, 4³ windows every 2 voxels, hidden 48.
+/// `extra` holds `[train]` lines that replace the defaults here.
+fn config(dir: &Path, name: &str, data: &Path, depth: usize, extra: &str) -> PathBuf {
+    let overridden: Vec<&str> = extra.lines().filter_map(|l| l.split('=').next()).map(str::trim).collect();
+    let defaults: String = [
+        "batch_size = 2",
+        "lr = 1e-3",
+        "ema_decay = 0.9",
+        "log_every = 1",
+        "eval_every = 1000",
+        "ckpt_every = 4",
+        "keep_last = 10",
+    ]
+    .iter()
+    .filter(|l| !overridden.contains(&l.split('=').next().unwrap().trim()))
+    .map(|l| format!("{l}\n"))
+    .collect();
+    let text = format!(
+        "[model]\ninput_size = 16\npatch_size = 4\nstride = 2\npadding = 1\nhidden_size = 48\nnum_heads = 4\n\
+         depth = {depth}\n[data]\ntrain = \"{}\"\nval_count = 2\n[train]\n{defaults}{extra}",
+        data.display()
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn records(run: &Path, kind: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|v| v["kind"] == kind).collect()
+}
+
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    records(run, "train").iter().map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())).collect()
+}
+
+fn train(stage: &str, cfg: &Path, out: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut args = vec![stage, "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    prdit(&args, envs)
+}
+
+#[test]
+fn both_stages_train_and_stage2_freezes_stage1() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 10);
+    let cfg1 = config(dir.path(), "local.toml", &data, 0, "total_steps = 40\neval_every = 20\n");
+    let run1 = dir.path().join("local");
+    let out = ok(&train("train-local", &cfg1, &run1, &[], &[]));
+    assert!(out.contains("finished at step 40/40"), "{out}");
+    let l = losses(&run1);
+    assert_eq!(l.len(), 40);
+    let mean = |s: &[(u64, f64)]| s.iter().map(|x| x.1).sum::<f64>() / s.len() as f64;
+    assert!(mean(&l[30..]) < 0.8 * mean(&l[..10]), "loss falls: {:?}", l);
+    assert_eq!(records(&run1, "eval").len(), 2);
+    assert!(run1.join("previews/step-000000040.png").is_file());
+    assert!(run1.join("config.toml").is_file() && run1.join("split.json").is_file());
+
+    let cfg2 = config(dir.path(), "global.toml", &data, 1, "total_steps = 8\n");
+    let run2 = dir.path().join("global");
+    let out = ok(&train("train-global", &cfg2, &run2, &["--local", run1.to_str().unwrap()], &[]));
+    assert!(out.contains("finished at step 8/8"), "{out}");
+
+    // Every stage-1 weight of the stage-2 model is bit-identical to stage 1's raw weights.
+    let device = Device::flex();
+    let s1 = export::state_dict(
+        &checkpoint::load_model(&run1.join("checkpoints/step-000000040/model.bpk"), &device).unwrap(),
+    );
+    let s2 = export::state_dict(
+        &checkpoint::load_model(&run2.join("checkpoints/step-000000008/model.bpk"), &device).unwrap(),
+    );
+    for (k, v) in &s1 {
+        assert_eq!(v, &s2[k], "{k}");
+    }
+    // The optimizer holds state for stage-2 parameters only.
+    let reader = burn_pack::Reader::from_file(run2.join("checkpoints/step-000000008/optim.bpk")).unwrap();
+    let names = reader.tensor_names();
+    assert!(!names.is_empty());
+    assert!(
+        names.iter().all(|n| n.starts_with("fine.") || n.starts_with("t_embedder.fine_head.")),
+        "{names:?}"
+    );
+
+    // A stage-1 model of another configuration is refused, naming the difference.
+    let other = config(dir.path(), "other.toml", &data, 1, "total_steps = 2\n").to_str().unwrap().to_string();
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&other).unwrap().replace("hidden_size = 48", "hidden_size = 96"),
+    )
+    .unwrap();
+    let e = err(&train(
+        "train-global",
+        Path::new(&other),
+        &dir.path().join("bad"),
+        &["--local", run1.to_str().unwrap()],
+        &[],
+    ));
+    assert!(e.contains("hidden_size: 48 in the file, 96 asked"), "{e}");
+}
+
+#[test]
+fn killed_runs_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 8);
+    let cfg = config(dir.path(), "run.toml", &data, 0, "total_steps = 12\n");
+    let full = dir.path().join("full");
+    ok(&train("train-local", &cfg, &full, &[], &[]));
+    let reference = losses(&full);
+    assert_eq!(reference.len(), 12);
+
+    // Killed after step 10 (last checkpoint: 8), then resumed.
+    let killed = dir.path().join("killed");
+    let o = train("train-local", &cfg, &killed, &[], &[("PRDIT_FAULT_INJECT", "abort-after-step:10")]);
+    assert!(!o.status.success());
+    ok(&train("train-local", &cfg, &killed, &["--resume"], &[]));
+    // Killed in the middle of writing checkpoint 8 (last complete: 4), then resumed.
+    let torn = dir.path().join("torn");
+    let o = train("train-local", &cfg, &torn, &[], &[("PRDIT_FAULT_INJECT", "abort-in-checkpoint:8")]);
+    assert!(!o.status.success());
+    assert!(
+        std::fs::read_dir(torn.join("checkpoints"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".partial"))
+    );
+    ok(&train("train-local", &cfg, &torn, &["--resume"], &[]));
+
+    for run in [&killed, &torn] {
+        let got = losses(run);
+        assert_eq!(got.len(), 12, "{}: one record per step, none duplicated", run.display());
+        for ((s, a), (t, b)) in got.iter().zip(&reference) {
+            assert_eq!(s, t);
+            assert!((a - b).abs() <= 1e-6 * b.abs(), "{}: step {s}: {a} vs {b}", run.display());
+        }
+        let device = Device::flex();
+        let final_model = |r: &Path| {
+            export::state_dict(
+                &checkpoint::load_model(&r.join("checkpoints/step-000000012/model.bpk"), &device).unwrap(),
+            )
+        };
+        assert_eq!(final_model(run), final_model(&full), "{}: same final weights", run.display());
+    }
+
+    // Starting over into an existing run is refused; resuming with another recipe too.
+    let e = err(&train("train-local", &cfg, &full, &[], &[]));
+    assert!(e.contains("--resume"), "{e}");
+    let changed = config(dir.path(), "changed.toml", &data, 0, "total_steps = 16\nseed = 7\n");
+    let e = err(&train("train-local", &changed, &full, &["--resume"], &[]));
+    assert!(e.contains("train.seed"), "{e}");
+    // A longer schedule is fine: it continues from step 12.
+    let longer = config(dir.path(), "longer.toml", &data, 0, "total_steps = 14\n");
+    let out = ok(&train("train-local", &longer, &full, &["--resume"], &[]));
+    assert!(out.contains("finished at step 14/14"), "{out}");
+}
+
+#[test]
+fn ctrl_c_stops_with_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 6);
+    let cfg = config(dir.path(), "run.toml", &data, 0, "total_steps = 100000\nckpt_every = 100000\n");
+    let run = dir.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prdit"))
+        .args([
+            "--device",
+            "cpu",
+            "--quiet",
+            "train-local",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !run.join("metrics.jsonl").is_file() || losses(&run).len() < 3 {
+        assert!(started.elapsed().as_secs() < 120, "training did not start");
+        assert!(child.try_wait().unwrap().is_none(), "prdit exited early");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = ok(&out);
+    assert!(stdout.contains("interrupted at step"), "{stdout}");
+    let state: Value = {
+        let ckpts: Vec<PathBuf> =
+            std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().map(|e| e.path()).collect();
+        assert_eq!(ckpts.len(), 1, "{ckpts:?}");
+        serde_json::from_str(&std::fs::read_to_string(ckpts[0].join("state.json")).unwrap()).unwrap()
+    };
+    assert!(state["step"].as_u64().unwrap() >= 3);
+}
+
+#[test]
+fn bad_inputs_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 4);
+    // A typo in the configuration.
+    let cfg = config(dir.path(), "typo.toml", &data, 0, "total_step = 3\n");
+    let e = err(&train("train-local", &cfg, &dir.path().join("a"), &[], &[]));
+    assert!(e.contains("total_step") && e.contains("typo.toml"), "{e}");
+    // Stage and model disagree.
+    let cfg = config(dir.path(), "deep.toml", &data, 1, "total_steps = 3\n");
+    let e = err(&train("train-local", &cfg, &dir.path().join("b"), &[], &[]));
+    assert!(e.contains("use train-global"), "{e}");
+    // A volume of the wrong size, then a corrupt one.
+    let cfg = config(dir.path(), "ok.toml", &data, 0, "total_steps = 3\n");
+    let big = dir.path().join("big");
+    ok(&prdit(
+        &["phantom", "--out", big.to_str().unwrap(), "--num", "1", "--size", "24", "--seed", "9"],
+        &[],
+    ));
+    std::fs::copy(big.join("phantom-00009.nii.gz"), data.join("zz-big.nii.gz")).unwrap();
+    let e = err(&train("train-local", &cfg, &dir.path().join("c"), &[], &[]));
+    assert!(e.contains("zz-big.nii.gz") && e.contains("[24, 24, 24]"), "{e}");
+    std::fs::write(data.join("zz-big.nii.gz"), b"\x1f\x8b garbage").unwrap();
+    let e = err(&train("train-local", &cfg, &dir.path().join("d"), &[], &[]));
+    assert!(e.contains("zz-big.nii.gz"), "{e}");
+    std::fs::remove_file(data.join("zz-big.nii.gz")).unwrap();
+    // HU volumes instead of model space.
+    let e = err(&train(
+        "train-local",
+        &cfg,
+        &dir.path().join("e"),
+        &["--data", data.join("hu").to_str().unwrap()],
+        &[],
+    ));
+    assert!(e.contains("model space"), "{e}");
+    // A diverging run: every loss is skipped, then the run stops with an error.
+    let cfg = config(
+        dir.path(),
+        "diverge.toml",
+        &data,
+        0,
+        "total_steps = 50\nlr = 1e12\nmax_bad_steps = 3\ngrad_clip = 0.0\n",
+    );
+    let run = dir.path().join("f");
+    let e = err(&train("train-local", &cfg, &run, &[], &[]));
+    assert!(e.contains("diverged"), "{e}");
+    assert!(!records(&run, "skip").is_empty());
+    // train-global without stage-1 weights.
+    let cfg = config(dir.path(), "g.toml", &data, 1, "total_steps = 3\n");
+    let e = err(&train("train-global", &cfg, &dir.path().join("g"), &[], &[]));
+    assert!(e.contains("--local"), "{e}");
+}
