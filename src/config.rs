@@ -149,6 +149,10 @@ impl DataSection {
 pub struct TrainSection {
     pub total_steps: u64,
     pub batch_size: usize,
+    /// Volumes per forward/backward pass when the batch does not fit the device at once:
+    /// gradients of the micro-batches are summed into one step (default: the whole batch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub micro_batch: Option<usize>,
     pub lr: f64,
     /// Linear warm-up from 0 over this many steps (0 = constant learning rate, as official).
     pub warmup_steps: u64,
@@ -173,6 +177,7 @@ impl Default for TrainSection {
         TrainSection {
             total_steps: 100_000,
             batch_size: 64,
+            micro_batch: None,
             lr: 1e-4,
             warmup_steps: 0,
             grad_clip: 1.0,
@@ -283,6 +288,14 @@ impl RunConfig {
                 Err(Error::invalid(key, format!("must be positive, is {v}")))
             }
         };
+        if let Some(m) = t.micro_batch
+            && (m == 0 || m > t.batch_size)
+        {
+            return Err(Error::invalid(
+                "train.micro_batch",
+                format!("must be in 1..={} (the batch size)", t.batch_size),
+            ));
+        }
         finite_pos("train.lr", t.lr)?;
         finite_pos("train.eps", t.eps)?;
         if !(0.0..1.0).contains(&t.ema_decay) {
@@ -330,6 +343,7 @@ impl RunConfig {
             c.train.keep_last = 0;
             c.train.max_bad_steps = 0;
             c.data.prefetch = 0;
+            c.train.micro_batch = None;
         }
         let (Ok(va), Ok(vb)) = (toml::Value::try_from(&a), toml::Value::try_from(&b)) else {
             return vec!["<unserialisable>".into()];
@@ -401,5 +415,31 @@ mod tests {
             keys.iter().any(|k| k.starts_with("train.lr"))
                 && keys.iter().any(|k| k.starts_with("model.depth"))
         );
+    }
+}
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    #[test]
+    fn shipped_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            if name.ends_with(".toml") && name != "tiny-model.toml" {
+                let cfg = RunConfig::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+                let depth = cfg.model_config().unwrap().depth;
+                assert_eq!(name.contains("global"), depth > 0, "{name}");
+                assert_eq!(name.contains("global"), cfg.global.is_some(), "{name}");
+                n += 1;
+            }
+        }
+        assert_eq!(n, 6);
+        let lidc = RunConfig::load(&dir.join("lidc-global.toml")).unwrap();
+        assert_eq!((lidc.train.lr, lidc.train.batch_size, lidc.train.total_steps), (8e-5, 64, 130_000));
+        assert_eq!(lidc.model_config().unwrap().param_counts().stage2_trainable, 54_072_832);
     }
 }

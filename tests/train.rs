@@ -283,3 +283,18 @@ fn bad_inputs_are_named() {
     let e = err(&train("train-global", &cfg, &dir.path().join("g"), &[], &[]));
     assert!(e.contains("--local"), "{e}");
 }
+
+#[test]
+fn micro_batches_match_the_full_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 6);
+    let full = config(dir.path(), "full.toml", &data, 0, "total_steps = 5\n");
+    let micro = config(dir.path(), "micro.toml", &data, 0, "total_steps = 5\nmicro_batch = 1\n");
+    ok(&train("train-local", &full, &dir.path().join("full"), &[], &[]));
+    ok(&train("train-local", &micro, &dir.path().join("micro"), &[], &[]));
+    let (a, b) = (losses(&dir.path().join("full")), losses(&dir.path().join("micro")));
+    assert_eq!(a.len(), 5);
+    for ((s, x), (_, y)) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "step {s}: {x} vs {y}");
+    }
+}

@@ -6,6 +6,7 @@ pub mod optim;
 pub mod report;
 pub mod run;
 pub mod stage2;
+pub mod step;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -23,20 +23,17 @@ use crate::data::loader::{BatchPlan, Loader};
 use crate::data::preview::write_preview;
 use crate::data::volume::Volume;
 use crate::diffusion::noise::{Purpose, normal_noise};
-use crate::diffusion::{Denoiser, NOISE_STD, q_sample, training_loss};
+use crate::diffusion::{Denoiser, NOISE_STD, q_sample};
 use crate::error::{Error, Result};
 use crate::model::{Prdit, PrditConfig};
 use crate::weights::checkpoint::{load_model_expecting, save_model};
-use ema::ema_update;
-use optim::{AdamW, AdamWConfig, clip_factor, global_norm, trainable_keys};
+use optim::{AdamW, AdamWConfig, trainable_keys};
 use report::Reporter;
 pub use run::{Checkpoint, RunDir, Stage, TrainState};
+use step::{StepOutcome, Trainer};
 
 /// The diffusion time of the official validation (image-prediction MSE at t = 100).
 pub const VAL_T: usize = 100;
-/// Losses above this are treated like non-finite ones (skipped), as in the official loop.
-pub const MAX_LOSS: f64 = 1e5;
-
 /// How to run a training job (besides its configuration).
 pub struct TrainOptions {
     pub stage: Stage,
@@ -233,7 +230,7 @@ pub fn train(cfg: RunConfig, opts: &TrainOptions) -> Result<Summary> {
     let base = opts.device.clone();
     let ad = base.clone().autodiff();
     let adam = AdamWConfig { beta1: t.betas[0], beta2: t.betas[1], eps: t.eps, weight_decay: t.weight_decay };
-    let (mut model, mut ema, mut optim, mut state) = match (&resume_from, resumed_state) {
+    let (model, ema, optim, mut state) = match (&resume_from, resumed_state) {
         (Some(c), Some(state)) => {
             let mut model = load_model_expecting(&c.model(), &model_cfg, &ad)?;
             if opts.stage == Stage::Global {
@@ -292,6 +289,14 @@ pub fn train(cfg: RunConfig, opts: &TrainOptions) -> Result<Summary> {
         }
     };
     state.config = cfg.clone();
+    let mut trainer = Trainer {
+        model,
+        ema,
+        optim,
+        micro_batch: t.micro_batch.unwrap_or(t.batch_size),
+        grad_clip: t.grad_clip,
+        ema_decay: t.ema_decay,
+    };
     let counts = model_cfg.param_counts();
     tracing::info!(
         "{} at {size}³: {} parameters, {} trained; batch {}, {} steps",
@@ -336,50 +341,38 @@ pub fn train(cfg: RunConfig, opts: &TrainOptions) -> Result<Summary> {
         (state.epoch, state.batch_in_epoch) = plan.position(state.draws);
         let x0 = Tensor::<5>::from_data(TensorData::new(batch.x0, shape), &ad);
         let noise = Tensor::<5>::from_data(TensorData::new(batch.noise, shape), &ad);
-        let terms = training_loss(&model, x0, &batch.t, noise);
-        let values: Vec<f32> =
-            Tensor::cat(vec![terms.total.clone(), terms.image.clone(), terms.noise.clone()], 0)
-                .into_data()
-                .try_into_vec_as()
-                .unwrap_or_default();
-        let (loss, image, noise_l) = (values[0] as f64, values[1] as f64, values[2] as f64);
-        if !loss.is_finite() || loss > MAX_LOSS {
-            state.skipped += 1;
-            consecutive_bad += 1;
-            report.line(&format!(
-                "step {}: loss {loss} is {}; step skipped ({} skipped so far)",
-                state.step + 1,
-                if loss.is_finite() { "above 1e5" } else { "not finite" },
-                state.skipped
-            ));
-            report.skipped(state.step, loss, state.skipped)?;
-            if consecutive_bad >= t.max_bad_steps {
-                let ckpt = last_ckpt
-                    .as_ref()
-                    .map_or("none written in this process".to_string(), |c: &Checkpoint| {
-                        c.dir.display().to_string()
-                    });
-                return Err(Error::invalid(
-                    "train",
-                    format!(
-                        "{consecutive_bad} consecutive steps with a non-finite or huge loss at step {}: the run \
-                         diverged (last checkpoint: {ckpt}); lower train.lr or check the data",
-                        state.step
-                    ),
-                ));
-            }
-            continue;
-        }
-        consecutive_bad = 0;
-        let mut grads = GradientsParams::from_grads(terms.total.backward(), &model);
-        let norm = global_norm(&model, &grads);
-        let scale = match (&norm, t.grad_clip > 0.0) {
-            (Some(n), true) => Some(clip_factor(n.clone(), t.grad_clip)),
-            _ => None,
-        };
         let lr = lr_at(&cfg, state.step);
-        model = optim.step(model, &mut grads, lr, scale);
-        ema = ema_update(ema, &model, t.ema_decay);
+        let (loss, image, noise_l, norm) = match trainer.step(x0, &batch.t, noise, lr) {
+            StepOutcome::Done { loss, image, noise, grad_norm } => (loss, image, noise, grad_norm),
+            StepOutcome::Skipped { loss } => {
+                state.skipped += 1;
+                consecutive_bad += 1;
+                report.line(&format!(
+                    "step {}: loss {loss} is {}; step skipped ({} skipped so far)",
+                    state.step + 1,
+                    if loss.is_finite() { "above 1e5" } else { "not finite" },
+                    state.skipped
+                ));
+                report.skipped(state.step, loss, state.skipped)?;
+                if consecutive_bad >= t.max_bad_steps {
+                    let ckpt = last_ckpt
+                        .as_ref()
+                        .map_or("none written in this process".to_string(), |c: &Checkpoint| {
+                            c.dir.display().to_string()
+                        });
+                    return Err(Error::invalid(
+                        "train",
+                        format!(
+                            "{consecutive_bad} consecutive steps with a non-finite or huge loss at step {}: the run \
+                             diverged (last checkpoint: {ckpt}); lower train.lr or check the data",
+                            state.step
+                        ),
+                    ));
+                }
+                continue;
+            }
+        };
+        consecutive_bad = 0;
         state.step += 1;
         last_loss = Some(loss);
         report.accumulate(loss, image, noise_l);
@@ -393,7 +386,7 @@ pub fn train(cfg: RunConfig, opts: &TrainOptions) -> Result<Summary> {
             report.log(step, lr, norm, t.batch_size, mem, state.skipped)?;
         }
         if let (Some(val), true) = (&val_ds, step.is_multiple_of(t.eval_every) || last) {
-            let (mse, views) = evaluate(&ema, val, t.batch_size, t.seed, &base);
+            let (mse, views) = evaluate(&trainer.ema, val, trainer.micro_batch, t.seed, &base);
             let better = state.best.is_none_or(|(_, b)| mse < b);
             if better {
                 state.best = Some((step, mse));
@@ -405,7 +398,7 @@ pub fn train(cfg: RunConfig, opts: &TrainOptions) -> Result<Summary> {
         run::fault("abort-after-step", step);
         let stop = opts.stop.load(Ordering::Relaxed);
         if step.is_multiple_of(t.ckpt_every) || last || stop {
-            let c = save(&model, &ema, &optim, &state)?;
+            let c = save(&trainer.model, &trainer.ema, &trainer.optim, &state)?;
             report.line(&format!("checkpoint {}", c.dir.display()));
             last_ckpt = Some(c);
         }
@@ -416,7 +409,7 @@ pub fn train(cfg: RunConfig, opts: &TrainOptions) -> Result<Summary> {
     }
     drop(loader);
     if interrupted && last_ckpt.as_ref().map(|c| c.step) != Some(state.step) && state.step > 0 {
-        let c = save(&model, &ema, &optim, &state)?;
+        let c = save(&trainer.model, &trainer.ema, &trainer.optim, &state)?;
         last_ckpt = Some(c);
     }
     report.finish();
