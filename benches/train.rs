@@ -58,7 +58,7 @@ fn main() {
             let noise = Tensor::<5>::random(shape, Distribution::Normal(0.0, 0.5), &ad);
             let t: Vec<usize> = (0..batch).map(|i| (137 + 311 * i) % 1000).collect();
             let mut peak = 0u64;
-            let mut run = |trainer: &mut Trainer| {
+            let mut run = |trainer: &mut Trainer<Prdit>| {
                 let started = Instant::now();
                 let out = trainer.step(x0.clone(), &t, noise.clone(), 1e-4);
                 base.sync().expect("device sync");

@@ -8,13 +8,15 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use prdit::PrditConfig;
 use prdit::config::RunConfig;
 use prdit::data::{Window, nifti, phantom};
 use prdit::device::{self, DeviceSpec};
 use prdit::inspect;
+use prdit::model::highres::PrditSr;
+use prdit::model::network::Network;
 use prdit::train::{Stage, Summary, TrainOptions};
 use prdit::weights::{self, Entry, FileKind};
+use prdit::{Prdit as PrditNet, PrditConfig};
 
 /// PRDiT: generate 3D CT volumes at voxel level with a pixel-level residual diffusion transformer.
 #[derive(Parser)]
@@ -40,6 +42,10 @@ pub enum Command {
     TrainLocal(TrainArgs),
     /// Train stage 2, the global residual DiT on top of a frozen stage 1.
     TrainGlobal(TrainGlobalArgs),
+    /// Train stage 3, the high-resolution refinement (e.g. 128³ → 256³) on a frozen base model.
+    TrainHighres(TrainArgs),
+    /// Generate volumes from a trained model (NIfTI, previews, manifest.json).
+    Sample(SampleArgs),
     /// Write the built-in synthetic chest-CT dataset (NIfTI, model space and HU).
     Phantom(PhantomArgs),
     /// The first thing to run: a phantom dataset, a brief stage-1 and stage-2 training of a
@@ -77,6 +83,67 @@ pub struct TrainGlobalArgs {
     /// .pt/.pth (overrides `[global] local`).
     #[arg(long)]
     local: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct SampleArgs {
+    /// A run directory: its newest checkpoint's EMA weights (or raw with --raw).
+    #[arg(long, conflicts_with = "checkpoint")]
+    run: Option<PathBuf>,
+    /// A checkpoint folder, a prdit model file, or an official .pt/.pth/safetensors (with --model).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Output folder (xs/, x0/, previews/, manifest.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of volumes.
+    #[arg(long, default_value_t = 4)]
+    num: usize,
+    /// Volumes generated together on the device.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Sampling steps (the official grid: one network call per step when it divides 1000).
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// `hot` (predictor–corrector, the paper's) or `deterministic`.
+    #[arg(long, default_value = "hot")]
+    sampler: String,
+    /// Jump of the predictor–corrector sampler.
+    #[arg(long, default_value_t = 2)]
+    k: usize,
+    /// Seed; volume i uses noise stream i of it.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write Hounsfield units, using the window recorded for the training data (or --window).
+    #[arg(long)]
+    hu: bool,
+    /// HU window MIN,MAX for --hu when the run does not record one.
+    #[arg(long, value_parser = parse_window)]
+    window: Option<Window>,
+    /// Also write the last image prediction (x0/), as the official sample.py does.
+    #[arg(long)]
+    x0: bool,
+    /// Use the raw (non-EMA) weights.
+    #[arg(long)]
+    raw: bool,
+    /// The network of an official .pt/.pth (an official name with --size, or a TOML file).
+    #[arg(long)]
+    model: Option<String>,
+    /// Volume edge for --model.
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Entry of an official full checkpoint.
+    #[arg(long, value_enum, default_value_t = Entry::Auto)]
+    entry: Entry,
+}
+
+fn parse_window(s: &str) -> Result<Window, String> {
+    let parts: Vec<f32> =
+        s.split(',').map(|p| p.trim().parse::<f32>()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    match parts[..] {
+        [lo, hi] if lo < hi => Ok(Window { min_hu: lo, max_hu: hi }),
+        _ => Err("expected MIN,MAX with MIN < MAX, e.g. -1000,1000".into()),
+    }
 }
 
 #[derive(Args)]
@@ -132,6 +199,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::TrainGlobal(args) => {
             train_cmd(cli.device, Stage::Global, args.common, args.local, cli.quiet).map(|_| ())
         }
+        Command::TrainHighres(args) => {
+            train_cmd(cli.device, Stage::Highres, args, None, cli.quiet).map(|_| ())
+        }
+        Command::Sample(args) => sample_cmd(cli.device, &args, cli.quiet),
         Command::Phantom(args) => phantom_cmd(&args),
         Command::Demo(args) => demo_cmd(cli.device, &args, cli.quiet),
         Command::Inspect(args) => inspect_cmd(cli.device, args),
@@ -230,6 +301,110 @@ fn print_summary(s: &Summary) {
     }
 }
 
+fn sample_cmd(spec: DeviceSpec, args: &SampleArgs, quiet: bool) -> Result<()> {
+    let weights = if args.raw { "model.bpk" } else { "ema.bpk" };
+    // The weights file, and the run directory it belongs to (for spacing and the HU window).
+    let (file, run_dir) = match (&args.run, &args.checkpoint) {
+        (Some(run), _) => {
+            let ckpt = prdit::train::resolve_checkpoint(run)?;
+            (ckpt.dir.join(weights), Some(run.clone()))
+        }
+        (None, Some(c)) if c.is_dir() => {
+            let ckpt = prdit::train::resolve_checkpoint(c)?;
+            let run = ckpt.dir.parent().and_then(Path::parent).map(Path::to_path_buf);
+            (ckpt.dir.join(weights), run)
+        }
+        (None, Some(c)) => {
+            let run = c.parent().and_then(Path::parent).and_then(Path::parent).map(Path::to_path_buf);
+            (c.clone(), run.filter(|r| r.join("data.json").is_file()))
+        }
+        (None, None) => bail!("give --run RUN_DIR or --checkpoint FILE"),
+    };
+    let info = run_dir.as_ref().and_then(|r| prdit::train::DataInfo::load(r).ok());
+    let hu = match (args.hu, args.window, info.as_ref().and_then(|i| i.window_hu)) {
+        (false, _, _) => None,
+        (true, Some(w), _) => Some(w),
+        (true, None, Some([lo, hi])) => Some(Window { min_hu: lo, max_hu: hi }),
+        (true, None, None) => bail!(
+            "--hu: the run does not record the HU window of its training data (no dataset.json next to the \
+             data); give it with --window MIN,MAX"
+        ),
+    };
+    let device = device_for(spec)?;
+    let opts = prdit::sample::SampleOptions {
+        out: args.out.clone(),
+        num: args.num,
+        batch: args.batch,
+        steps: args.steps,
+        sampler: args.sampler.clone(),
+        k: args.k,
+        seed: args.seed,
+        hu,
+        write_x0: args.x0,
+        spacing_mm: info.as_ref().map_or([1.0; 3], |i| i.spacing_mm),
+    };
+    let sha256 = prdit::sample::sha256_file(&file).with_context(|| format!("hashing {}", file.display()))?;
+    let weights_kind = if args.raw { "raw" } else { "ema" };
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar =
+            indicatif::ProgressBar::new((args.num * prdit::diffusion::time_grid(args.steps)?.len()) as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {msg} step {pos}/{len}  ETA {eta}")
+                .expect("valid template"),
+        );
+        Ok::<_, prdit::Error>(bar)
+    });
+    let bar = bar.transpose()?;
+    let calls = prdit::diffusion::time_grid(args.steps)?.len();
+    let mut progress = |done: usize, total: usize, step: usize, _n: usize| {
+        if let Some(b) = &bar {
+            b.set_message(format!("volumes {done}/{total}"));
+            b.set_position((done * calls + step * args.batch.min(total - done.min(total))) as u64);
+        }
+    };
+    let started = std::time::Instant::now();
+    let manifest = match weights::detect(&file)? {
+        FileKind::Burnpack => match weights::checkpoint::model_format(&file)?.as_str() {
+            f if f == <PrditNet as Network>::FORMAT => {
+                let m = weights::checkpoint::load::<PrditNet>(&file, &device)?;
+                let source = model_source(&file, sha256, weights_kind, m.config().name());
+                prdit::sample::run(&m, source, &opts, &device, &mut progress)?
+            }
+            f if f == <PrditSr as Network>::FORMAT => {
+                let m = weights::checkpoint::load::<PrditSr>(&file, &device)?;
+                let source = model_source(&file, sha256, weights_kind, m.config().name());
+                prdit::sample::run(&m, source, &opts, &device, &mut progress)?
+            }
+            other => bail!("{}: `{other}` is not a model file prdit can sample from", file.display()),
+        },
+        _ => {
+            let model =
+                args.model.as_deref().context("an official weights file needs --model (its network)")?;
+            let cfg = model_config(model, args.size)?;
+            let m = weights::load_official(&file, args.entry, &cfg, &device)?;
+            let source =
+                model_source(&file, sha256, &format!("official ({:?} entry)", args.entry), cfg.name());
+            prdit::sample::run(&m, source, &opts, &device, &mut progress)?
+        }
+    };
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    println!(
+        "{} volumes in {} ({} network calls each, {:.1} s this run); manifest {}",
+        manifest.volumes.len(),
+        args.out.join("xs").display(),
+        manifest.network_calls_per_volume,
+        started.elapsed().as_secs_f64(),
+        args.out.join("manifest.json").display()
+    );
+    Ok(())
+}
+
+fn model_source(file: &Path, sha256: String, weights: &str, network: String) -> prdit::sample::ModelSource {
+    prdit::sample::ModelSource { file: file.to_path_buf(), sha256, weights: weights.into(), network }
+}
+
 /// The window phantoms are written with (model space [−1, 1] ↔ HU).
 const PHANTOM_WINDOW: Window = Window { min_hu: -1000.0, max_hu: 1000.0 };
 
@@ -281,7 +456,7 @@ fn demo_cmd(spec: DeviceSpec, args: &DemoArgs, quiet: bool) -> Result<()> {
     let data = args.out.join("data");
     let local: RunConfig = RunConfig::parse(DEMO_LOCAL)?;
     let size = local.model.input_size;
-    println!("1/3 phantom dataset: 24 chest phantoms of {size}³ in {}", data.display());
+    println!("1/4 phantom dataset: 24 chest phantoms of {size}³ in {}", data.display());
     phantom_cmd(&PhantomArgs { out: data.clone(), num: 24, size, seed: 0 })?;
     let write_cfg = |text: &str, name: &str| -> Result<PathBuf> {
         let mut cfg = RunConfig::parse(text)?;
@@ -295,7 +470,7 @@ fn demo_cmd(spec: DeviceSpec, args: &DemoArgs, quiet: bool) -> Result<()> {
     let global_cfg = write_cfg(DEMO_GLOBAL, "tiny-global.toml")?;
     let run1 = args.out.join("runs/local");
     let run2 = args.out.join("runs/global");
-    println!("2/3 stage 1 (local denoiser), {} steps → {}", args.steps, run1.display());
+    println!("2/4 stage 1 (local denoiser), {} steps → {}", args.steps, run1.display());
     let resume1 = run1.join("checkpoints").is_dir();
     let common = |config: PathBuf, out: PathBuf, resume: bool| TrainArgs {
         config: Some(config),
@@ -312,6 +487,30 @@ fn demo_cmd(spec: DeviceSpec, args: &DemoArgs, quiet: bool) -> Result<()> {
     );
     let resume2 = run2.join("checkpoints").is_dir();
     train_cmd(spec, Stage::Global, common(global_cfg, run2.clone(), resume2), Some(run1.clone()), quiet)?;
+    let samples = args.out.join("samples");
+    println!("4/4 sampling 2 volumes (hot sampler, 100 steps) → {}", samples.display());
+    sample_cmd(
+        spec,
+        &SampleArgs {
+            run: Some(run2.clone()),
+            checkpoint: None,
+            out: samples.clone(),
+            num: 2,
+            batch: 2,
+            steps: 100,
+            sampler: "hot".into(),
+            k: 2,
+            seed: 0,
+            hu: false,
+            window: None,
+            x0: false,
+            raw: false,
+            model: None,
+            size: 128,
+            entry: Entry::Auto,
+        },
+        quiet,
+    )?;
     println!("\ndemo done in {:.0} s. Outputs:", started.elapsed().as_secs_f64());
     println!("  data       {}  (HU copies in data/hu, manifest data/dataset.json)", data.display());
     for run in [&run1, &run2] {
@@ -323,6 +522,7 @@ fn demo_cmd(spec: DeviceSpec, args: &DemoArgs, quiet: bool) -> Result<()> {
             println!("  preview    {}  (rows: volume, noisy at t=100, reconstruction)", p.display());
         }
     }
+    println!("  samples    {}  (xs/*.nii.gz, previews/*.png, manifest.json)", samples.display());
     Ok(())
 }
 
@@ -346,7 +546,7 @@ fn model_config(model: &str, size: usize) -> Result<PrditConfig> {
 fn inspect_cmd(spec: DeviceSpec, args: InspectArgs) -> Result<()> {
     let checkpoint = match &args.weights {
         Some(w) if weights::detect(w)? == FileKind::Burnpack => {
-            Some(weights::checkpoint::read_model_config(w)?)
+            Some(weights::checkpoint::read_config::<PrditNet>(w)?)
         }
         _ => None,
     };
@@ -367,7 +567,7 @@ fn inspect_cmd(spec: DeviceSpec, args: InspectArgs) -> Result<()> {
         let started = std::time::Instant::now();
         let (model, what) = match checkpoint {
             Some(_) => (
-                weights::checkpoint::load_model_expecting(path, &cfg, &selected.device)?,
+                weights::checkpoint::load_expecting::<PrditNet>(path, &cfg, &selected.device)?,
                 "prdit checkpoint".to_string(),
             ),
             None => {

@@ -21,6 +21,9 @@ pub struct RunConfig {
     /// Stage 2 only: where stage 1 comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global: Option<GlobalSection>,
+    /// Stage 3 only: the refinement and the model it refines (`[model]` is that base model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub highres: Option<HighresSection>,
 }
 
 /// `[model]`: an official name plus the volume size, or explicit fields; explicit fields
@@ -219,6 +222,49 @@ impl Default for GlobalSection {
     }
 }
 
+/// `[highres]`: the refinement stage (spec §9.2). Its `[model]` is the lower-resolution
+/// base; the data are volumes at `target_size`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HighresSection {
+    /// Phase 3a: the base model — a stage-2 run directory, a prdit model file or an official
+    /// `.pt`/`.pth` (raw weights), loaded strictly and frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<PathBuf>,
+    /// Phase 3b: start from a whole refinement model instead (a stage-3 run: its best
+    /// checkpoint; or a model file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
+    /// Edge of the generated volumes (128 → 256 in the paper, or 64 → 128).
+    pub target_size: usize,
+    #[serde(default = "HighresSection::default_hidden")]
+    pub sr_hidden_size: usize,
+    #[serde(default = "HighresSection::default_patch")]
+    pub sr_patch_size: usize,
+    #[serde(default = "HighresSection::default_stride")]
+    pub sr_stride: usize,
+    #[serde(default = "HighresSection::default_padding")]
+    pub sr_padding: usize,
+    /// Phase 3b: train the base's transformer too (its stage 1 stays frozen), at `train.lr`.
+    #[serde(default)]
+    pub finetune_base: bool,
+}
+
+impl HighresSection {
+    fn default_hidden() -> usize {
+        768
+    }
+    fn default_patch() -> usize {
+        12
+    }
+    fn default_stride() -> usize {
+        8
+    }
+    fn default_padding() -> usize {
+        2
+    }
+}
+
 impl RunConfig {
     /// Reads and validates a run file; relative data paths are taken relative to its folder.
     pub fn load(path: &Path) -> Result<Self> {
@@ -254,6 +300,11 @@ impl RunConfig {
         }
         if let Some(l) = self.global.as_mut().and_then(|g| g.local.as_mut()) {
             fix(l);
+        }
+        if let Some(h) = self.highres.as_mut() {
+            for p in [h.base.as_mut(), h.init.as_mut()].into_iter().flatten() {
+                fix(p);
+            }
         }
     }
 
@@ -314,6 +365,23 @@ impl RunConfig {
             && !(g.init_gain > 0.0 && g.init_gain.is_finite())
         {
             return Err(Error::invalid("global.init_gain", "must be positive"));
+        }
+        if let Some(h) = &self.highres {
+            let sr = crate::model::highres::SrConfig {
+                base: self.model_config()?,
+                target_size: h.target_size,
+                sr_hidden_size: h.sr_hidden_size,
+                sr_patch_size: h.sr_patch_size,
+                sr_stride: h.sr_stride,
+                sr_padding: h.sr_padding,
+            };
+            sr.validate()?;
+            if h.base.is_none() && h.init.is_none() {
+                return Err(Error::invalid(
+                    "highres.base",
+                    "give the model to refine (base) or a refinement to continue (init)",
+                ));
+            }
         }
         Ok(())
     }
@@ -432,12 +500,13 @@ mod shipped {
             if name.ends_with(".toml") && name != "tiny-model.toml" {
                 let cfg = RunConfig::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
                 let depth = cfg.model_config().unwrap().depth;
-                assert_eq!(name.contains("global"), depth > 0, "{name}");
+                assert_eq!(name.contains("local"), depth == 0, "{name}");
                 assert_eq!(name.contains("global"), cfg.global.is_some(), "{name}");
+                assert_eq!(name.contains("highres"), cfg.highres.is_some(), "{name}");
                 n += 1;
             }
         }
-        assert_eq!(n, 6);
+        assert_eq!(n, 8);
         let lidc = RunConfig::load(&dir.join("lidc-global.toml")).unwrap();
         assert_eq!((lidc.train.lr, lidc.train.batch_size, lidc.train.total_steps), (8e-5, 64, 130_000));
         assert_eq!(lidc.model_config().unwrap().param_counts().stage2_trainable, 54_072_832);

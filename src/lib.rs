@@ -14,6 +14,7 @@ pub mod diffusion;
 pub mod error;
 pub mod inspect;
 pub mod model;
+pub mod sample;
 pub mod train;
 pub mod weights;
 

@@ -20,7 +20,8 @@ const EXACT_TOL: f64 = 1e-5;
 use burn::tensor::{Device, Tensor};
 use common::*;
 use prdit::Prdit;
-use prdit::diffusion::{self, InjectedNoise, Sampler, SeededNoise, sample};
+use prdit::diffusion::{self, InjectedNoise, Sampler, SeededNoise};
+use prdit::sample::generate_batch as sample;
 use prdit::weights::{self, Entry, StateDict};
 
 fn model(device: &Device) -> (Prdit, Meta) {
@@ -143,4 +144,26 @@ fn pytorch_zip_file_loads_the_same_weights() {
 
 fn meta_param_count(meta: &Meta) -> usize {
     37 + 10 * meta.config.depth - if meta.config.depth == 0 { 13 } else { 0 }
+}
+
+#[test]
+fn resampling_matches_pytorch_interpolate() {
+    use prdit::model::resample::{nearest, trilinear};
+    let e = read_fixture(extra_dir().join("extra_reference.safetensors"));
+    let device = Device::flex();
+    // Trilinear to an arbitrary size.
+    let out = trilinear(tensor(&e["tri_a_in"], &device), [10, 12, 14]);
+    assert_close("trilinear 5x6x7 -> 10x12x14", &host(out), &e["tri_a_out_10x12x14"], 1e-6);
+    // Trilinear x2 and the input gradient of sum(out * weight).
+    let ad = device.clone().autodiff();
+    let x = tensor::<5>(&e["tri_b_in"], &ad).require_grad();
+    let out = trilinear(x.clone(), [16, 16, 16]);
+    assert_close("trilinear x2", &host(out.clone()), &e["tri_b_out_x2"], 1e-6);
+    let grads = (out * tensor::<5>(&e["tri_b_weight"], &ad)).sum().backward();
+    assert_close("trilinear x2 input gradient", &host(x.grad(&grads).unwrap()), &e["tri_b_grad"], 1e-6);
+    // Nearest x2 up and x0.5 down (even indices).
+    let up = nearest(tensor(&e["tri_b_in"], &device), [16, 16, 16]);
+    assert_close("nearest x2", &host(up), &e["nearest_b_up_x2"], 0.0);
+    let down = nearest(tensor(&e["nearest_c_in"], &device), [8, 8, 8]);
+    assert_close("nearest x0.5", &host(down), &e["nearest_c_down_half"], 0.0);
 }

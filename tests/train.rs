@@ -2,81 +2,16 @@
 //! untouched, a killed run resumes to exactly what an uninterrupted one computes (also when
 //! the kill hits a checkpoint write), Ctrl-C saves, and bad inputs are named.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use burn::tensor::Device;
+use common::run::*;
+use prdit::Prdit;
 use prdit::weights::{checkpoint, export};
 use serde_json::Value;
-
-fn prdit(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_prdit"));
-    cmd.args(["--device", "cpu", "--quiet"]).args(args);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("prdit runs")
-}
-
-fn ok(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "prdit failed ({:?}):\n{err}", o.status);
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    assert!(!o.status.success(), "prdit should have failed");
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A phantom dataset of `n` volumes of 16³.
-fn data(dir: &Path, n: usize) -> PathBuf {
-    let out = dir.join("data");
-    ok(&prdit(&["phantom", "--out", out.to_str().unwrap(), "--num", &n.to_string(), "--size", "16"], &[]));
-    out
-}
-
-/// A tiny run file: 16³ volumes, 4³ windows every 2 voxels, hidden 48.
-/// `extra` holds `[train]` lines that replace the defaults here.
-fn config(dir: &Path, name: &str, data: &Path, depth: usize, extra: &str) -> PathBuf {
-    let overridden: Vec<&str> = extra.lines().filter_map(|l| l.split('=').next()).map(str::trim).collect();
-    let defaults: String = [
-        "batch_size = 2",
-        "lr = 1e-3",
-        "ema_decay = 0.9",
-        "log_every = 1",
-        "eval_every = 1000",
-        "ckpt_every = 4",
-        "keep_last = 10",
-    ]
-    .iter()
-    .filter(|l| !overridden.contains(&l.split('=').next().unwrap().trim()))
-    .map(|l| format!("{l}\n"))
-    .collect();
-    let text = format!(
-        "[model]\ninput_size = 16\npatch_size = 4\nstride = 2\npadding = 1\nhidden_size = 48\nnum_heads = 4\n\
-         depth = {depth}\n[data]\ntrain = \"{}\"\nval_count = 2\n[train]\n{defaults}{extra}",
-        data.display()
-    );
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn records(run: &Path, kind: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|v| v["kind"] == kind).collect()
-}
-
-fn losses(run: &Path) -> Vec<(u64, f64)> {
-    records(run, "train").iter().map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())).collect()
-}
-
-fn train(stage: &str, cfg: &Path, out: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut args = vec![stage, "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    prdit(&args, envs)
-}
 
 #[test]
 fn both_stages_train_and_stage2_freezes_stage1() {
@@ -102,10 +37,10 @@ fn both_stages_train_and_stage2_freezes_stage1() {
     // Every stage-1 weight of the stage-2 model is bit-identical to stage 1's raw weights.
     let device = Device::flex();
     let s1 = export::state_dict(
-        &checkpoint::load_model(&run1.join("checkpoints/step-000000040/model.bpk"), &device).unwrap(),
+        &checkpoint::load::<Prdit>(&run1.join("checkpoints/step-000000040/model.bpk"), &device).unwrap(),
     );
     let s2 = export::state_dict(
-        &checkpoint::load_model(&run2.join("checkpoints/step-000000008/model.bpk"), &device).unwrap(),
+        &checkpoint::load::<Prdit>(&run2.join("checkpoints/step-000000008/model.bpk"), &device).unwrap(),
     );
     for (k, v) in &s1 {
         assert_eq!(v, &s2[k], "{k}");
@@ -173,7 +108,7 @@ fn killed_runs_resume_exactly() {
         let device = Device::flex();
         let final_model = |r: &Path| {
             export::state_dict(
-                &checkpoint::load_model(&r.join("checkpoints/step-000000012/model.bpk"), &device).unwrap(),
+                &checkpoint::load::<Prdit>(&r.join("checkpoints/step-000000012/model.bpk"), &device).unwrap(),
             )
         };
         assert_eq!(final_model(run), final_model(&full), "{}: same final weights", run.display());

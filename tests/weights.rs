@@ -156,9 +156,9 @@ fn model_files_round_trip_exactly() {
     let path = dir.path().join("model.bpk");
     checkpoint::save_model(&model, &path).unwrap();
     assert_eq!(weights::detect(&path).unwrap(), weights::FileKind::Burnpack);
-    assert_eq!(checkpoint::read_model_config(&path).unwrap(), cfg);
+    assert_eq!(checkpoint::read_config::<Prdit>(&path).unwrap(), cfg);
 
-    let loaded = checkpoint::load_model(&path, &device).unwrap();
+    let loaded = checkpoint::load::<Prdit>(&path, &device).unwrap();
     assert_eq!(weights::export::state_dict(&loaded), weights::export::state_dict(&model));
     let x =
         burn::tensor::Tensor::<5>::random([1, 1, 16, 16, 16], burn::tensor::Distribution::Default, &device);
@@ -169,14 +169,14 @@ fn model_files_round_trip_exactly() {
     // Asking for another configuration names the difference.
     let mut other = cfg.clone();
     other.depth = 3;
-    let e = checkpoint::load_model_expecting(&path, &other, &device).err().unwrap().to_string();
+    let e = checkpoint::load_expecting::<Prdit>(&path, &other, &device).err().unwrap().to_string();
     assert!(e.contains("depth: 2 in the file, 3 asked"), "{e}");
 
     // A truncated model file is refused with its name.
     let bytes = std::fs::read(&path).unwrap();
     let cut = dir.path().join("cut.bpk");
     std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
-    let e = checkpoint::load_model(&cut, &device).err().unwrap().to_string();
+    let e = checkpoint::load::<Prdit>(&cut, &device).err().unwrap().to_string();
     assert!(e.contains("cut.bpk"), "{e}");
 }
 

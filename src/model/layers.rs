@@ -34,6 +34,9 @@ pub enum Init {
     Normal { std: f64 },
     /// Weight and bias 0 (adaLN-Zero and output layers).
     Zeros,
+    /// PyTorch's default `nn.Linear` initialisation: weight and bias U(−1/√fan_in, 1/√fan_in)
+    /// (the refinement model's layers keep it).
+    TorchDefault,
 }
 
 /// Where the parameters of a module come from while it is built. Every parameter is asked
@@ -112,6 +115,12 @@ impl ParamSource for InitSource {
                 })
                 .collect(),
             Init::Zeros => vec![0.0; n],
+            Init::TorchDefault => {
+                let a = (1.0 / (d_in as f64).sqrt()) as f32;
+                let weight = (0..n).map(|_| self.rng.random_range(-a..=a)).collect();
+                let bias = bias.then(|| (0..d_out).map(|_| self.rng.random_range(-a..=a)).collect());
+                return Ok(linear_from_host(weight, bias, d_in, d_out, &self.device));
+            }
         };
         let bias = bias.then(|| vec![0.0; d_out]);
         Ok(linear_from_host(weight, bias, d_in, d_out, &self.device))

@@ -7,9 +7,12 @@
 pub mod config;
 pub mod embed;
 pub mod global;
+pub mod highres;
 pub mod layers;
 pub mod local;
+pub mod network;
 pub mod patch;
+pub mod resample;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
@@ -22,6 +25,8 @@ use local::MlpDenoiser;
 use patch::{extract_patches, unpatchify};
 
 use crate::error::Result;
+use layers::PlaceholderSource;
+use network::Network;
 
 /// The whole network. Parameter names follow the official state-dict keys (see
 /// [`Prdit::build`]); `fine` is absent for the stage-1 model (depth 0).
@@ -126,6 +131,27 @@ impl Prdit {
         };
         let out = unpatchify(sum, cfg.grid(), cfg.stride, cfg.out_channels); // [b, 2, S, S, S]
         ForwardTrace { c_coarse, c_fine, patches, coarse_out, fine_out, out }
+    }
+}
+
+impl Network for Prdit {
+    type Config = PrditConfig;
+    const FORMAT: &'static str = "prdit-model-1";
+
+    fn config(&self) -> &PrditConfig {
+        &self.config
+    }
+
+    fn name(cfg: &PrditConfig) -> String {
+        cfg.name()
+    }
+
+    fn volume_size(cfg: &PrditConfig) -> usize {
+        cfg.input_size
+    }
+
+    fn placeholder(cfg: &PrditConfig, device: &Device) -> Result<Self> {
+        Self::build(cfg, &mut PlaceholderSource::new(device))
     }
 }
 

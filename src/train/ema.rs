@@ -7,11 +7,10 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 
-use crate::model::Prdit;
 use crate::weights::export::official_key;
 
 /// The trainable parameters of `model` (on its inner device), by official key, flattened.
-fn live_params(model: &Prdit) -> HashMap<String, Tensor<1>> {
+fn live_params<M: Module>(model: &M) -> HashMap<String, Tensor<1>> {
     struct Collect {
         path: Vec<String>,
         out: HashMap<String, Tensor<1>>,
@@ -38,7 +37,7 @@ fn live_params(model: &Prdit) -> HashMap<String, Tensor<1>> {
 
 /// Moves `ema` (a non-autodiff copy of `model`'s network) towards `model`, parameter by
 /// parameter (matched by official key).
-pub fn ema_update(ema: Prdit, model: &Prdit, decay: f64) -> Prdit {
+pub fn ema_update<M: Module>(ema: M, model: &M, decay: f64) -> M {
     struct Lerp {
         live: HashMap<String, Tensor<1>>,
         decay: f64,
@@ -69,7 +68,7 @@ pub fn ema_update(ema: Prdit, model: &Prdit, decay: f64) -> Prdit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::PrditConfig;
+    use crate::model::{Prdit, PrditConfig};
     use crate::weights::export::state_dict;
     use burn::tensor::Device;
 

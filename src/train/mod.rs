@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -23,10 +22,12 @@ use crate::data::loader::{BatchPlan, Loader};
 use crate::data::preview::write_preview;
 use crate::data::volume::Volume;
 use crate::diffusion::noise::{Purpose, normal_noise};
-use crate::diffusion::{Denoiser, NOISE_STD, q_sample};
+use crate::diffusion::{NOISE_STD, q_sample};
 use crate::error::{Error, Result};
+use crate::model::highres::{PrditSr, SrConfig};
+use crate::model::network::Network;
 use crate::model::{Prdit, PrditConfig};
-use crate::weights::checkpoint::{load_model_expecting, save_model};
+use crate::weights::checkpoint::{load_expecting, save_model};
 use optim::{AdamW, AdamWConfig, trainable_keys};
 use report::Reporter;
 pub use run::{Checkpoint, RunDir, Stage, TrainState};
@@ -62,6 +63,41 @@ pub struct Summary {
     pub checkpoint: Option<PathBuf>,
 }
 
+/// What a run records about its data for sampling: the volume size, the voxel spacing of
+/// its first training volume, and the HU window of the dataset (from the `dataset.json`
+/// that `prdit prepare` and `prdit phantom` write next to the volumes), if known.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataInfo {
+    pub size: usize,
+    pub spacing_mm: [f32; 3],
+    pub window_hu: Option<[f32; 2]>,
+    pub first_volume: PathBuf,
+}
+
+impl DataInfo {
+    /// Reads it from the first training file and its folder's `dataset.json`.
+    pub fn of(first: &Path, size: usize) -> Result<Self> {
+        let vol = crate::data::nifti::read_volume(first)?;
+        let manifest = first.parent().map(|d| d.join("dataset.json"));
+        let window_hu = manifest
+            .filter(|m| m.is_file())
+            .and_then(|m| std::fs::read_to_string(m).ok())
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| {
+                let w = v.get("window_hu")?.as_array()?.clone();
+                Some([w.first()?.as_f64()? as f32, w.get(1)?.as_f64()? as f32])
+            });
+        Ok(DataInfo { size, spacing_mm: vol.spacing, window_hu, first_volume: first.to_path_buf() })
+    }
+
+    /// Reads `data.json` of a run directory.
+    pub fn load(run: &Path) -> Result<Self> {
+        let path = run.join("data.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::data(&path, format!("unreadable: {e}")))
+    }
+}
+
 /// The training and validation files of a run, fixed at its start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Split {
@@ -84,25 +120,154 @@ fn lr_at(cfg: &RunConfig, step: u64) -> f64 {
     if t.warmup_steps == 0 { t.lr } else { t.lr * ((step + 1) as f64 / t.warmup_steps as f64).min(1.0) }
 }
 
-fn check_stage(stage: Stage, cfg: &PrditConfig) -> Result<()> {
-    match (stage, cfg.depth) {
-        (Stage::Local, 0) | (Stage::Global, 1..) => Ok(()),
-        (Stage::Local, d) => Err(Error::invalid(
+fn check_stage(stage: Stage, cfg: &RunConfig) -> Result<()> {
+    let depth = cfg.model_config()?.depth;
+    match (stage, depth, cfg.highres.is_some()) {
+        (Stage::Highres, _, true) => Ok(()),
+        (Stage::Highres, _, false) => Err(Error::invalid(
+            "highres",
+            "train-highres needs a [highres] section (target_size, base = the lower-resolution run)",
+        )),
+        (_, _, true) => Err(Error::invalid("highres", "a [highres] section belongs to train-highres")),
+        (Stage::Local, 0, _) | (Stage::Global, 1.., _) => Ok(()),
+        (Stage::Local, d, _) => Err(Error::invalid(
             "model",
             format!(
                 "train-local trains the stage-1 model (depth 0), this config has depth {d}: use train-global"
             ),
         )),
-        (Stage::Global, _) => Err(Error::invalid(
+        (Stage::Global, _, _) => Err(Error::invalid(
             "model",
             "train-global trains the transformer on top of stage 1, this config has depth 0: use train-local",
         )),
     }
 }
 
+/// How each kind of network enters training.
+pub trait Trainable: Network + Sized {
+    /// The network a run configuration describes.
+    fn from_run(cfg: &RunConfig) -> Result<Self::Config>;
+    /// A fresh model for step 0 on `device` (autodiff), with a description of its origin.
+    fn fresh(
+        cfg: &RunConfig,
+        net: &Self::Config,
+        opts: &TrainOptions,
+        device: &Device,
+    ) -> Result<(Self, String)>;
+    /// What trains in this stage (freezing the rest); applied to fresh and resumed models.
+    fn for_stage(self, cfg: &RunConfig, stage: Stage) -> Self;
+    /// Parameters trained in this stage.
+    fn trained(cfg: &RunConfig, net: &Self::Config, stage: Stage) -> usize;
+}
+
+impl Trainable for Prdit {
+    fn from_run(cfg: &RunConfig) -> Result<PrditConfig> {
+        cfg.model_config()
+    }
+
+    fn fresh(
+        cfg: &RunConfig,
+        net: &PrditConfig,
+        opts: &TrainOptions,
+        device: &Device,
+    ) -> Result<(Self, String)> {
+        let seed = cfg.train.seed;
+        if opts.stage == Stage::Local {
+            return Ok((Prdit::init(net, seed, device)?, format!("initialised from seed {seed}")));
+        }
+        let source =
+            opts.local.clone().or_else(|| cfg.global.as_ref().and_then(|g| g.local.clone())).ok_or_else(
+                || {
+                    Error::invalid(
+                        "global.local",
+                        "train-global needs the stage-1 weights: set it or pass --local",
+                    )
+                },
+            )?;
+        let gain = cfg.global.as_ref().map_or(0.1, |g| g.init_gain);
+        let (sd, what) = stage2::stage1_weights(&source, net)?;
+        let m = stage2::build_stage2(net, &sd, seed, gain, device)?;
+        Ok((m, format!("stage 1 from {what} (raw weights, frozen); stage 2 initialised with gain {gain}")))
+    }
+
+    fn for_stage(self, _cfg: &RunConfig, stage: Stage) -> Self {
+        if stage == Stage::Global { self.freeze_stage1() } else { self }
+    }
+
+    fn trained(_cfg: &RunConfig, net: &PrditConfig, stage: Stage) -> usize {
+        let c = net.param_counts();
+        if stage == Stage::Local { c.stage1 } else { c.stage2_trainable }
+    }
+}
+
+impl Trainable for PrditSr {
+    fn from_run(cfg: &RunConfig) -> Result<SrConfig> {
+        let h = cfg.highres.as_ref().ok_or_else(|| Error::invalid("highres", "missing"))?;
+        let sr = SrConfig {
+            base: cfg.model_config()?,
+            target_size: h.target_size,
+            sr_hidden_size: h.sr_hidden_size,
+            sr_patch_size: h.sr_patch_size,
+            sr_stride: h.sr_stride,
+            sr_padding: h.sr_padding,
+        };
+        sr.validate()?;
+        Ok(sr)
+    }
+
+    fn fresh(
+        cfg: &RunConfig,
+        net: &SrConfig,
+        _opts: &TrainOptions,
+        device: &Device,
+    ) -> Result<(Self, String)> {
+        let h = cfg.highres.as_ref().expect("checked by from_run");
+        if let Some(init) = &h.init {
+            let file = run::model_file(init, true)?;
+            let m = load_expecting::<PrditSr>(&file, net, device)?;
+            return Ok((m, format!("the whole refinement model from {} (raw weights)", file.display())));
+        }
+        let source = h.base.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "highres.base",
+                "the lower-resolution model to refine (a stage-2 run or model file) is missing",
+            )
+        })?;
+        let (base, what) = stage2::full_weights(source, &net.base, device)?;
+        let m = PrditSr::on_base(net, base, cfg.train.seed, device)?;
+        Ok((
+            m,
+            format!(
+                "base {} from {what} (raw weights); refinement initialised from seed {}",
+                net.base.name(),
+                cfg.train.seed
+            ),
+        ))
+    }
+
+    fn for_stage(self, cfg: &RunConfig, _stage: Stage) -> Self {
+        if cfg.highres.as_ref().is_some_and(|h| h.finetune_base) {
+            self.finetune_base()
+        } else {
+            self.freeze_base()
+        }
+    }
+
+    fn trained(cfg: &RunConfig, net: &SrConfig, _stage: Stage) -> usize {
+        let finetune = cfg.highres.as_ref().is_some_and(|h| h.finetune_base);
+        net.sr_params() + if finetune { net.base.param_counts().stage2_trainable } else { 0 }
+    }
+}
+
 /// Validation: mean over `val` of the image-prediction MSE at t = 100 with fixed noise, and
 /// the first volume's (x₀, x_t, x̂₀) for the preview.
-fn evaluate(ema: &Prdit, val: &Dataset, batch: usize, seed: u64, device: &Device) -> (f64, [Volume; 3]) {
+fn evaluate<N: Network>(
+    ema: &N,
+    val: &Dataset,
+    batch: usize,
+    seed: u64,
+    device: &Device,
+) -> (f64, [Volume; 3]) {
     let s = val.size();
     let voxels = s * s * s;
     let mut total = 0.0;
@@ -141,9 +306,16 @@ fn evaluate(ema: &Prdit, val: &Dataset, batch: usize, seed: u64, device: &Device
 
 /// Runs (or resumes) a training job to `cfg.train.total_steps`.
 pub fn train(cfg: RunConfig, opts: &TrainOptions) -> Result<Summary> {
+    check_stage(opts.stage, &cfg)?;
+    match opts.stage {
+        Stage::Local | Stage::Global => train_network::<Prdit>(cfg, opts),
+        Stage::Highres => train_network::<PrditSr>(cfg, opts),
+    }
+}
+
+fn train_network<N: Trainable>(cfg: RunConfig, opts: &TrainOptions) -> Result<Summary> {
     // Configuration and run directory, before anything expensive can fail.
-    let model_cfg = cfg.model_config()?;
-    check_stage(opts.stage, &model_cfg)?;
+    let net = N::from_run(&cfg)?;
     let run = RunDir::create(&opts.run_dir)?;
     let resume_from = if opts.resume {
         for name in run.clean_partial()? {
@@ -208,7 +380,7 @@ pub fn train(cfg: RunConfig, opts: &TrainOptions) -> Result<Summary> {
             s
         }
     };
-    let size = model_cfg.input_size;
+    let size = N::volume_size(&net);
     let started = Instant::now();
     let train_ds = Arc::new(Dataset::load(&split.train, size, cfg.data.storage)?);
     let val_ds =
@@ -223,6 +395,11 @@ pub fn train(cfg: RunConfig, opts: &TrainOptions) -> Result<Summary> {
     if val_ds.is_none() {
         tracing::warn!("no validation volumes: evaluation and best-checkpoint tracking are off");
     }
+    let info = DataInfo::of(&split.train[0], size)?;
+    run::write_atomic(
+        &run.root.join("data.json"),
+        serde_json::to_string_pretty(&info).expect("serialises").as_bytes(),
+    )?;
     let t = &cfg.train;
     let plan = BatchPlan::new((0..train_ds.len()).collect(), t.batch_size, t.seed)?;
 
@@ -232,11 +409,8 @@ pub fn train(cfg: RunConfig, opts: &TrainOptions) -> Result<Summary> {
     let adam = AdamWConfig { beta1: t.betas[0], beta2: t.betas[1], eps: t.eps, weight_decay: t.weight_decay };
     let (model, ema, optim, mut state) = match (&resume_from, resumed_state) {
         (Some(c), Some(state)) => {
-            let mut model = load_model_expecting(&c.model(), &model_cfg, &ad)?;
-            if opts.stage == Stage::Global {
-                model = model.freeze_stage1();
-            }
-            let ema = load_model_expecting(&c.ema(), &model_cfg, &base)?;
+            let model = load_expecting::<N>(&c.model(), &net, &ad)?.for_stage(&cfg, opts.stage);
+            let ema = load_expecting::<N>(&c.ema(), &net, &base)?;
             let optim = AdamW::load(adam, &c.optim(), &trainable_keys(&model), &base)?;
             if optim.steps() != state.step {
                 return Err(Error::weights(
@@ -248,28 +422,9 @@ pub fn train(cfg: RunConfig, opts: &TrainOptions) -> Result<Summary> {
             (model, ema, optim, state)
         }
         _ => {
-            let model = match opts.stage {
-                Stage::Local => Prdit::init(&model_cfg, t.seed, &ad)?,
-                Stage::Global => {
-                    let source = opts
-                        .local
-                        .clone()
-                        .or_else(|| cfg.global.as_ref().and_then(|g| g.local.clone()))
-                        .ok_or_else(|| {
-                            Error::invalid(
-                                "global.local",
-                                "train-global needs the stage-1 weights: set it or pass --local",
-                            )
-                        })?;
-                    let gain = cfg.global.as_ref().map_or(0.1, |g| g.init_gain);
-                    let (sd, what) = stage2::stage1_weights(&source, &model_cfg)?;
-                    let m = stage2::build_stage2(&model_cfg, &sd, t.seed, gain, &ad)?;
-                    tracing::info!(
-                        "stage 1 from {what} (raw weights, frozen); stage 2 initialised with gain {gain}"
-                    );
-                    m
-                }
-            };
+            let (model, what) = N::fresh(&cfg, &net, opts, &ad)?;
+            let model = model.for_stage(&cfg, opts.stage);
+            tracing::info!("{what}");
             let ema = model.valid();
             let state = TrainState {
                 format: run::STATE_FORMAT.into(),
@@ -297,12 +452,11 @@ pub fn train(cfg: RunConfig, opts: &TrainOptions) -> Result<Summary> {
         grad_clip: t.grad_clip,
         ema_decay: t.ema_decay,
     };
-    let counts = model_cfg.param_counts();
     tracing::info!(
         "{} at {size}³: {} parameters, {} trained; batch {}, {} steps",
-        model_cfg.name(),
-        counts.total(),
-        if opts.stage == Stage::Local { counts.stage1 } else { counts.stage2_trainable },
+        N::name(&net),
+        trainer.model.num_params(),
+        N::trained(&cfg, &net, opts.stage),
         t.batch_size,
         t.total_steps
     );
@@ -318,7 +472,7 @@ pub fn train(cfg: RunConfig, opts: &TrainOptions) -> Result<Summary> {
     let clock = Instant::now();
     let elapsed_before = state.elapsed_s;
 
-    let save = |model: &Prdit, ema: &Prdit, optim: &AdamW, state: &TrainState| -> Result<Checkpoint> {
+    let save = |model: &N, ema: &N, optim: &AdamW, state: &TrainState| -> Result<Checkpoint> {
         let ckpt = run.write_checkpoint(state.step, |dir| {
             save_model(&model.valid(), &dir.join("model.bpk"))?;
             run::fault("abort-in-checkpoint", state.step);

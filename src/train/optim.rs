@@ -12,7 +12,6 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
-use crate::model::Prdit;
 use crate::weights::export::official_key;
 
 /// Hyper-parameters of AdamW.
@@ -62,13 +61,13 @@ impl AdamW {
 
     /// Applies one update with learning rate `lr` to every parameter that has a gradient in
     /// `grads`, each gradient first multiplied by `scale` (`[1]`, the clip factor).
-    pub fn step(
+    pub fn step<M: Module>(
         &mut self,
-        model: Prdit,
+        model: M,
         grads: &mut GradientsParams,
         lr: f64,
         scale: Option<Tensor<1>>,
-    ) -> Prdit {
+    ) -> M {
         self.steps += 1;
         let t = self.steps as i32;
         let mut mapper = Update {
@@ -196,7 +195,7 @@ impl ModuleMapper for Update<'_> {
 }
 
 /// Official keys of the parameters that take gradients (the optimizer's state keys).
-pub fn trainable_keys(model: &Prdit) -> Vec<String> {
+pub fn trainable_keys<M: Module>(model: &M) -> Vec<String> {
     struct Keys {
         path: Vec<String>,
         out: Vec<String>,
@@ -220,7 +219,7 @@ pub fn trainable_keys(model: &Prdit) -> Vec<String> {
 }
 
 /// The global L2 norm of all gradients, `[1]` on the device (no host sync).
-pub fn global_norm(model: &Prdit, grads: &GradientsParams) -> Option<Tensor<1>> {
+pub fn global_norm<M: Module>(model: &M, grads: &GradientsParams) -> Option<Tensor<1>> {
     struct Norm<'a> {
         grads: &'a GradientsParams,
         sum: Option<Tensor<1>>,

@@ -27,6 +27,8 @@ pub enum Stage {
     Local,
     /// Stage 2: the global residual DiT on a frozen stage 1 (`train-global`).
     Global,
+    /// Stage 3: the high-resolution refinement on a frozen lower-resolution model (`train-highres`).
+    Highres,
 }
 
 /// Everything about the loop's position that a checkpoint must carry besides tensors.
@@ -230,6 +232,29 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<Checkpoint>> {
     }
     out.sort_by_key(|c| c.step);
     Ok(out)
+}
+
+/// The raw-weights model file a path names: a run directory gives its newest checkpoint's
+/// `model.bpk` (or, with `prefer_best`, the best checkpoint's when it still exists), a
+/// checkpoint folder its `model.bpk`, a file itself.
+pub fn model_file(path: &Path, prefer_best: bool) -> Result<PathBuf> {
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if path.join("model.bpk").is_file() {
+        return Ok(path.join("model.bpk"));
+    }
+    let ckpts = list_checkpoints(&path.join("checkpoints"))?;
+    let latest = ckpts.last().ok_or_else(|| {
+        Error::weights(path, "neither a model file nor a run directory with a complete checkpoint")
+    })?;
+    if prefer_best
+        && let Some((step, _)) = latest.read_state()?.best
+        && let Some(best) = ckpts.iter().find(|c| c.step == step)
+    {
+        return Ok(best.model());
+    }
+    Ok(latest.model())
 }
 
 /// Test-only fault injection, from `PRDIT_FAULT_INJECT`: `abort-after-step:N` aborts the

@@ -9,7 +9,7 @@ use std::path::Path;
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::Device;
 
-use super::run::{RunDir, list_checkpoints};
+use super::run::model_file;
 use crate::error::{Error, Result};
 use crate::model::layers::{Init, InitSource, ParamSource};
 use crate::model::{Prdit, PrditConfig};
@@ -26,25 +26,10 @@ pub fn is_stage1_key(key: &str) -> bool {
 /// model file, or an official `.pt`/`.pth`/safetensors file (its `model` entry when it has
 /// entries). Returns the stage-1 tensors and a description of where they came from.
 pub fn stage1_weights(source: &Path, stage2: &PrditConfig) -> Result<(StateDict, String)> {
-    let file = if source.is_dir() {
-        let run = RunDir { root: source.to_path_buf() };
-        let ckpts = list_checkpoints(&run.root.join("checkpoints"))?;
-        let latest = ckpts.last().ok_or_else(|| {
-            Error::weights(
-                source,
-                "not a stage-1 run directory with a complete checkpoint (checkpoints/step-*)",
-            )
-        })?;
-        latest.model()
-    } else {
-        source.to_path_buf()
-    };
-    if !file.is_file() {
-        return Err(Error::weights(&file, "no such file"));
-    }
+    let file = model_file(source, false)?;
     let (all, what) = match weights::detect(&file)? {
         FileKind::Burnpack => {
-            let found = checkpoint::read_model_config(&file)?;
+            let found = checkpoint::read_config::<Prdit>(&file)?;
             let want = PrditConfig { depth: found.depth, ..stage2.clone() };
             if found != want {
                 return Err(Error::weights(
@@ -57,21 +42,13 @@ pub fn stage1_weights(source: &Path, stage2: &PrditConfig) -> Result<(StateDict,
                     ),
                 ));
             }
-            let m = checkpoint::load_model(&file, &Device::flex())?;
+            let m = checkpoint::load::<Prdit>(&file, &Device::flex())?;
             (
                 StateDict::from_host(&file, export::state_dict(&m)),
                 format!("{} ({})", file.display(), found.name()),
             )
         }
-        _ => {
-            let sd = match StateDict::open(&file, Entry::Model) {
-                Ok(sd) => sd,
-                Err(_) => StateDict::open(&file, Entry::Auto)?,
-            };
-            let entry = sd.entry().map(|e| format!(", entry `{e}`")).unwrap_or_default();
-            let what = format!("{}{entry}", file.display());
-            (sd, what)
-        }
+        _ => official(&file)?,
     };
     // Only the stage-1 part is used (a stage-2 file may serve as the source too).
     let mut host = BTreeMap::new();
@@ -79,6 +56,32 @@ pub fn stage1_weights(source: &Path, stage2: &PrditConfig) -> Result<(StateDict,
         host.insert(key.to_string(), all.read(key)?);
     }
     Ok((StateDict::from_host(&file, host), what))
+}
+
+/// An official file's raw weights (`model` entry when it has entries).
+fn official(file: &Path) -> Result<(StateDict, String)> {
+    let sd = match StateDict::open(file, Entry::Model) {
+        Ok(sd) => sd,
+        Err(_) => StateDict::open(file, Entry::Auto)?,
+    };
+    let entry = sd.entry().map(|e| format!(", entry `{e}`")).unwrap_or_default();
+    let what = format!("{}{entry}", file.display());
+    Ok((sd, what))
+}
+
+/// A complete model of `cfg` (all stages) from a run directory (newest raw weights), a prdit
+/// model file or an official file, strictly; e.g. the base of the high-resolution stage.
+pub fn full_weights(source: &Path, cfg: &PrditConfig, device: &Device) -> Result<(Prdit, String)> {
+    let file = model_file(source, false)?;
+    match weights::detect(&file)? {
+        FileKind::Burnpack => {
+            Ok((checkpoint::load_expecting::<Prdit>(&file, cfg, device)?, file.display().to_string()))
+        }
+        _ => {
+            let (sd, what) = official(&file)?;
+            Ok((weights::prdit_from_state_dict(cfg, &sd, device)?, what))
+        }
+    }
 }
 
 /// Stage-1 parameters from the state dict, everything else from the gain-scaled initialiser.

@@ -9,17 +9,17 @@ use burn::tensor::Tensor;
 use super::ema::ema_update;
 use super::optim::{AdamW, clip_factor, global_norm};
 use crate::diffusion::training_loss;
-use crate::model::Prdit;
+use crate::model::network::Network;
 
 /// Losses above this are treated like non-finite ones (skipped), as in the official loop.
 pub const MAX_LOSS: f64 = 1e5;
 
 /// The model, its EMA copy and the optimizer.
-pub struct Trainer {
+pub struct Trainer<N: Network> {
     /// On an autodiff device.
-    pub model: Prdit,
+    pub model: N,
     /// On the base device.
-    pub ema: Prdit,
+    pub ema: N,
     pub optim: AdamW,
     /// Volumes per forward/backward pass (≤ the batch; the batch is split into these).
     pub micro_batch: usize,
@@ -32,11 +32,11 @@ pub enum StepOutcome {
     /// The loss was not finite or above [`MAX_LOSS`]: nothing changed.
     Skipped { loss: f64 },
     /// An update was applied. Losses are batch means; `grad_norm` stays on the device.
-    Done { loss: f64, image: f64, noise: f64, grad_norm: Option<Tensor<1>> },
+    Done { loss: f64, image: f64, noise: f64, grad_norm: Option<Box<Tensor<1>>> },
 }
 
 /// Adds every gradient of `more` into `acc` (parameters of `model`).
-fn accumulate(model: &Prdit, acc: &mut GradientsParams, more: &mut GradientsParams) {
+fn accumulate<M: Module>(model: &M, acc: &mut GradientsParams, more: &mut GradientsParams) {
     struct Add<'a> {
         acc: &'a mut GradientsParams,
         more: &'a mut GradientsParams,
@@ -55,7 +55,7 @@ fn accumulate(model: &Prdit, acc: &mut GradientsParams, more: &mut GradientsPara
     model.visit(&mut Add { acc, more });
 }
 
-impl Trainer {
+impl<N: Network> Trainer<N> {
     /// One step on a batch: `x0`, `noise` `[batch, 1, S, S, S]` on the model's device, one
     /// time per volume; `lr` the learning rate of this step.
     pub fn step(&mut self, x0: Tensor<5>, t: &[usize], noise: Tensor<5>, lr: f64) -> StepOutcome {
@@ -101,6 +101,6 @@ impl Trainer {
         let model = std::mem::replace(&mut self.model, self.ema.clone());
         self.model = self.optim.step(model, &mut grads, lr, scale);
         self.ema = ema_update(self.ema.clone(), &self.model, self.ema_decay);
-        StepOutcome::Done { loss, image, noise, grad_norm }
+        StepOutcome::Done { loss, image, noise, grad_norm: grad_norm.map(Box::new) }
     }
 }

@@ -8,15 +8,15 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Gradients, Tensor};
 
 use super::HostTensor;
-use crate::model::Prdit;
 
 /// The official key of a parameter from its Burn module path
-/// (`coarse.mlp1.fc1_g.weight` → `coarse.mlp_denoise.mlp1.fc1_g.weight`).
+/// (`coarse.mlp1.fc1_g.weight` → `coarse.mlp_denoise.mlp1.fc1_g.weight`; the refinement
+/// model's `sr.…` likewise, and its base under `base.`).
 pub fn official_key(path: &[String]) -> String {
     let mut parts: Vec<&str> = Vec::with_capacity(path.len() + 1);
-    for (i, seg) in path.iter().enumerate() {
+    for seg in path {
         match seg.as_str() {
-            "coarse" if i == 0 => parts.extend(["coarse", "mlp_denoise"]),
+            "coarse" | "sr" => parts.extend([seg.as_str(), "mlp_denoise"]),
             "mlp0" => parts.extend(["mlp", "0"]),
             "ada_ln" => parts.extend(["adaLN_modulation", "1"]),
             "gamma" => parts.push("weight"),
@@ -59,7 +59,7 @@ impl ModuleVisitor for Collector<'_> {
 }
 
 /// All parameters of `model` by official key, PyTorch layout.
-pub fn state_dict(model: &Prdit) -> BTreeMap<String, HostTensor> {
+pub fn state_dict<M: Module>(model: &M) -> BTreeMap<String, HostTensor> {
     let mut c = Collector { path: Vec::new(), grads: None, out: BTreeMap::new() };
     model.visit(&mut c);
     c.out
@@ -67,7 +67,7 @@ pub fn state_dict(model: &Prdit) -> BTreeMap<String, HostTensor> {
 
 /// The gradients `grads` holds for `model`'s parameters, by official key (parameters
 /// without a gradient, such as frozen ones, are absent).
-pub fn gradients(model: &Prdit, grads: &Gradients) -> BTreeMap<String, HostTensor> {
+pub fn gradients<M: Module>(model: &M, grads: &Gradients) -> BTreeMap<String, HostTensor> {
     let mut c = Collector { path: Vec::new(), grads: Some(grads), out: BTreeMap::new() };
     model.visit(&mut c);
     c.out

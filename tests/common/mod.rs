@@ -1,6 +1,8 @@
 //! Fixture access shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod run;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
