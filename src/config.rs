@@ -313,6 +313,21 @@ impl RunConfig {
         self.model.resolve()
     }
 
+    /// The refinement network of a `[highres]` run (its base is `[model]`), validated.
+    pub fn highres_config(&self) -> Result<crate::model::highres::SrConfig> {
+        let h = self.highres.as_ref().ok_or_else(|| Error::invalid("highres", "the section is missing"))?;
+        let sr = crate::model::highres::SrConfig {
+            base: self.model_config()?,
+            target_size: h.target_size,
+            sr_hidden_size: h.sr_hidden_size,
+            sr_patch_size: h.sr_patch_size,
+            sr_stride: h.sr_stride,
+            sr_padding: h.sr_padding,
+        };
+        sr.validate()?;
+        Ok(sr)
+    }
+
     /// Checks every value; the error names the key.
     pub fn validate(&self) -> Result<()> {
         self.model_config()?;
@@ -367,15 +382,7 @@ impl RunConfig {
             return Err(Error::invalid("global.init_gain", "must be positive"));
         }
         if let Some(h) = &self.highres {
-            let sr = crate::model::highres::SrConfig {
-                base: self.model_config()?,
-                target_size: h.target_size,
-                sr_hidden_size: h.sr_hidden_size,
-                sr_patch_size: h.sr_patch_size,
-                sr_stride: h.sr_stride,
-                sr_padding: h.sr_padding,
-            };
-            sr.validate()?;
+            self.highres_config()?;
             if h.base.is_none() && h.init.is_none() {
                 return Err(Error::invalid(
                     "highres.base",

@@ -15,7 +15,7 @@ use crate::data::nifti::write_volume;
 use crate::data::preview::write_preview;
 use crate::data::volume::{Volume, Window};
 use crate::diffusion::noise::{Purpose, normal_noise};
-use crate::diffusion::{Denoiser, NOISE_STD, NoiseSource, SampleOutput, Sampler, sample};
+use crate::diffusion::{NOISE_STD, NoiseSource, Sampler, sample};
 use crate::error::{Error, Result};
 use crate::model::network::Network;
 use crate::train::run::write_atomic;
@@ -58,18 +58,6 @@ impl NoiseSource for VolumeNoise {
         self.draws += 1;
         Ok(Tensor::from_data(burn::tensor::TensorData::new(data, shape), device))
     }
-}
-
-/// Runs one batch from `start` (the public sampling path; tests inject the start and noise).
-pub fn generate_batch(
-    model: &impl Denoiser,
-    start: Tensor<5>,
-    steps: usize,
-    sampler: Sampler,
-    noise: &mut dyn NoiseSource,
-    on_step: &mut dyn FnMut(usize, usize),
-) -> Result<SampleOutput> {
-    sample(model, start, steps, sampler, noise, on_step)
 }
 
 /// What a sampling job writes and how.
@@ -221,7 +209,7 @@ pub fn run<N: Network>(
         let started = Instant::now();
         let mut noise = VolumeNoise::new(opts.seed, indices.iter().map(|&i| i as u64).collect());
         let start = noise.draw([indices.len(), 1, size, size, size], device)?;
-        let out = generate_batch(model, start, opts.steps, sampler, &mut noise, &mut |s, n| {
+        let out = sample(model, start, opts.steps, sampler, &mut noise, &mut |s, n| {
             progress(done, opts.num, s, n)
         })?;
         let seconds = started.elapsed().as_secs_f64() / indices.len() as f64;

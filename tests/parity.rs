@@ -20,8 +20,7 @@ const EXACT_TOL: f64 = 1e-5;
 use burn::tensor::{Device, Tensor};
 use common::*;
 use prdit::Prdit;
-use prdit::diffusion::{self, InjectedNoise, Sampler, SeededNoise};
-use prdit::sample::generate_batch as sample;
+use prdit::diffusion::{self, InjectedNoise, Sampler, SeededNoise, sample};
 use prdit::weights::{self, Entry, StateDict};
 
 fn model(device: &Device) -> (Prdit, Meta) {

@@ -4,35 +4,14 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::Tensor;
 
-use crate::weights::export::official_key;
+use crate::weights::export::{official_key, params};
 
 /// The trainable parameters of `model` (on its inner device), by official key, flattened.
 fn live_params<M: Module>(model: &M) -> HashMap<String, Tensor<1>> {
-    struct Collect {
-        path: Vec<String>,
-        out: HashMap<String, Tensor<1>>,
-    }
-    impl ModuleVisitor for Collect {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let t = param.val();
-            if t.is_require_grad() {
-                let n = t.dims().iter().product::<usize>();
-                self.out.insert(official_key(&self.path), t.inner().reshape([n]));
-            }
-        }
-    }
-    let mut c = Collect { path: Vec::new(), out: HashMap::new() };
-    model.visit(&mut c);
-    c.out
+    params(model, None).into_iter().filter(|p| p.require_grad).map(|p| (p.key, p.value.inner())).collect()
 }
 
 /// Moves `ema` (a non-autodiff copy of `model`'s network) towards `model`, parameter by

@@ -202,17 +202,7 @@ impl Trainable for Prdit {
 
 impl Trainable for PrditSr {
     fn from_run(cfg: &RunConfig) -> Result<SrConfig> {
-        let h = cfg.highres.as_ref().ok_or_else(|| Error::invalid("highres", "missing"))?;
-        let sr = SrConfig {
-            base: cfg.model_config()?,
-            target_size: h.target_size,
-            sr_hidden_size: h.sr_hidden_size,
-            sr_patch_size: h.sr_patch_size,
-            sr_stride: h.sr_stride,
-            sr_padding: h.sr_padding,
-        };
-        sr.validate()?;
-        Ok(sr)
+        cfg.highres_config()
     }
 
     fn fresh(

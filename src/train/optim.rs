@@ -12,7 +12,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
-use crate::weights::export::official_key;
+use crate::weights::export::{official_key, params};
 
 /// Hyper-parameters of AdamW.
 #[derive(Debug, Clone, Copy)]
@@ -196,26 +196,7 @@ impl ModuleMapper for Update<'_> {
 
 /// Official keys of the parameters that take gradients (the optimizer's state keys).
 pub fn trainable_keys<M: Module>(model: &M) -> Vec<String> {
-    struct Keys {
-        path: Vec<String>,
-        out: Vec<String>,
-    }
-    impl ModuleVisitor for Keys {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if param.val().is_require_grad() {
-                self.out.push(official_key(&self.path));
-            }
-        }
-    }
-    let mut k = Keys { path: Vec::new(), out: Vec::new() };
-    model.visit(&mut k);
-    k.out
+    params(model, None).into_iter().filter(|p| p.require_grad).map(|p| p.key).collect()
 }
 
 /// The global L2 norm of all gradients, `[1]` on the device (no host sync).

@@ -27,13 +27,27 @@ pub fn official_key(path: &[String]) -> String {
     parts.join(".")
 }
 
-struct Collector<'a> {
-    path: Vec<String>,
-    grads: Option<&'a Gradients>,
-    out: BTreeMap<String, HostTensor>,
+/// One float parameter of a module, as the visitors below hand it out.
+pub struct ParamEntry {
+    /// Its official key.
+    pub key: String,
+    /// Its shape (Burn layout: a Linear weight is `[in, out]`).
+    pub dims: Vec<usize>,
+    /// Its value, flattened (on the module's device, autodiff included).
+    pub value: Tensor<1>,
+    /// Its gradient, flattened, when gradients were given and it has one.
+    pub grad: Option<Tensor<1>>,
+    /// Whether it takes gradients (frozen parameters do not).
+    pub require_grad: bool,
 }
 
-impl ModuleVisitor for Collector<'_> {
+struct Entries<'a> {
+    path: Vec<String>,
+    grads: Option<&'a Gradients>,
+    out: Vec<ParamEntry>,
+}
+
+impl ModuleVisitor for Entries<'_> {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
         self.path.push(name.to_string());
     }
@@ -43,32 +57,48 @@ impl ModuleVisitor for Collector<'_> {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let value = match self.grads {
-            Some(grads) => match param.val().grad(grads) {
-                Some(g) => g,
-                None => return,
-            },
-            None => param.val(),
-        };
-        // Every rank-2 parameter is a Linear weight: Burn [in, out] → PyTorch [out, in].
-        let value = if D == 2 { value.transpose() } else { value };
-        let shape = value.dims().to_vec();
-        let data = value.into_data().try_into_vec_as::<f32>().expect("a float parameter converts to f32");
-        self.out.insert(official_key(&self.path), HostTensor { shape, data });
+        let value = param.val();
+        let dims = value.dims().to_vec();
+        let n = dims.iter().product::<usize>();
+        let grad = self.grads.and_then(|g| value.grad(g)).map(|g| g.reshape([n]));
+        self.out.push(ParamEntry {
+            key: official_key(&self.path),
+            require_grad: value.is_require_grad(),
+            value: value.reshape([n]),
+            dims,
+            grad,
+        });
+    }
+}
+
+/// Every float parameter of `model` with its official key, in module order; with `grads`,
+/// each with its gradient.
+pub fn params<M: Module>(model: &M, grads: Option<&Gradients>) -> Vec<ParamEntry> {
+    let mut e = Entries { path: Vec::new(), grads, out: Vec::new() };
+    model.visit(&mut e);
+    e.out
+}
+
+/// A flattened tensor on the host in PyTorch layout (every rank-2 parameter is a Linear
+/// weight: Burn `[in, out]` → PyTorch `[out, in]`).
+fn host(t: Tensor<1>, dims: &[usize]) -> HostTensor {
+    let (t, shape) = match dims {
+        [i, o] => (t.reshape([*i, *o]).transpose().reshape([i * o]), vec![*o, *i]),
+        _ => (t, dims.to_vec()),
+    };
+    HostTensor {
+        shape,
+        data: t.into_data().try_into_vec_as::<f32>().expect("a float parameter converts to f32"),
     }
 }
 
 /// All parameters of `model` by official key, PyTorch layout.
 pub fn state_dict<M: Module>(model: &M) -> BTreeMap<String, HostTensor> {
-    let mut c = Collector { path: Vec::new(), grads: None, out: BTreeMap::new() };
-    model.visit(&mut c);
-    c.out
+    params(model, None).into_iter().map(|p| (p.key, host(p.value, &p.dims))).collect()
 }
 
 /// The gradients `grads` holds for `model`'s parameters, by official key (parameters
 /// without a gradient, such as frozen ones, are absent).
 pub fn gradients<M: Module>(model: &M, grads: &Gradients) -> BTreeMap<String, HostTensor> {
-    let mut c = Collector { path: Vec::new(), grads: Some(grads), out: BTreeMap::new() };
-    model.visit(&mut c);
-    c.out
+    params(model, Some(grads)).into_iter().filter_map(|p| Some((p.key, host(p.grad?, &p.dims)))).collect()
 }
