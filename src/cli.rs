@@ -46,6 +46,10 @@ pub enum Command {
     TrainHighres(TrainArgs),
     /// Generate volumes from a trained model (NIfTI, previews, manifest.json).
     Sample(SampleArgs),
+    /// 3D-FID and MMD of generated volumes against real ones, on MedicalNet ResNet features.
+    EvalFid(EvalFidArgs),
+    /// Diversity of generated volumes: mean MS-SSIM over all pairs (lower = more diverse).
+    EvalDiversity(EvalDiversityArgs),
     /// Write the built-in synthetic chest-CT dataset (NIfTI, model space and HU).
     Phantom(PhantomArgs),
     /// The first thing to run: a phantom dataset, a brief stage-1 and stage-2 training of a
@@ -147,6 +151,57 @@ fn parse_window(s: &str) -> Result<Window, String> {
 }
 
 #[derive(Args)]
+pub struct EvalFidArgs {
+    /// Real volumes: a folder of NIfTI files or a list file.
+    #[arg(long)]
+    real: PathBuf,
+    /// Generated volumes: a folder (e.g. the xs/ of `prdit sample`) or a list file.
+    #[arg(long)]
+    fake: PathBuf,
+    /// MedicalNet weights (resnet_50.pth, resnet_50_23dataset.pth, …).
+    #[arg(long, required_unless_present = "test_formula_weights")]
+    weights: Option<PathBuf>,
+    /// Protocol: lidc, rad-chestct (128³, [-1, 1], 1000 volumes) or none (as given).
+    #[arg(long, default_value = "lidc")]
+    preset: String,
+    /// Evaluate the first N volumes of each set instead of the preset's count.
+    #[arg(long)]
+    num: Option<usize>,
+    /// Write the report (JSON) here too.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Volumes per forward pass of the feature network.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Where real-set features are cached (default ~/.cache/prdit/features).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Do not read or write the feature cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// MMD estimator: biased (the official V-statistic) or unbiased.
+    #[arg(long, value_enum, default_value_t = prdit::eval::stats::MmdEstimator::Biased)]
+    mmd: prdit::eval::stats::MmdEstimator,
+    /// TESTS ONLY: a ResNet of this depth with the fixture's formula weights instead of a
+    /// weights file. The scores are meaningless.
+    #[arg(long, hide = true)]
+    test_formula_weights: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct EvalDiversityArgs {
+    /// Generated volumes: a folder or a list file.
+    #[arg(long)]
+    volumes: PathBuf,
+    /// The first N volumes (default: all).
+    #[arg(long)]
+    num: Option<usize>,
+    /// Write the report (JSON) here too.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
 pub struct PhantomArgs {
     /// Output folder: model-space volumes at the top, HU volumes under hu/.
     #[arg(long)]
@@ -203,6 +258,8 @@ pub fn run(cli: Cli) -> Result<()> {
             train_cmd(cli.device, Stage::Highres, args, None, cli.quiet).map(|_| ())
         }
         Command::Sample(args) => sample_cmd(cli.device, &args, cli.quiet),
+        Command::EvalFid(args) => eval_fid_cmd(cli.device, &args, cli.quiet),
+        Command::EvalDiversity(args) => eval_diversity_cmd(&args),
         Command::Phantom(args) => phantom_cmd(&args),
         Command::Demo(args) => demo_cmd(cli.device, &args, cli.quiet),
         Command::Inspect(args) => inspect_cmd(cli.device, args),
@@ -403,6 +460,144 @@ fn sample_cmd(spec: DeviceSpec, args: &SampleArgs, quiet: bool) -> Result<()> {
 
 fn model_source(file: &Path, sha256: String, weights: &str, network: String) -> prdit::sample::ModelSource {
     prdit::sample::ModelSource { file: file.to_path_buf(), sha256, weights: weights.into(), network }
+}
+
+fn bar(quiet: bool, len: usize, what: &str) -> Option<indicatif::ProgressBar> {
+    (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(len as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{{bar:30}} {what} {{pos}}/{{len}}  ETA {{eta}}"
+            ))
+            .expect("valid template"),
+        );
+        bar
+    })
+}
+
+fn eval_fid_cmd(spec: DeviceSpec, args: &EvalFidArgs, quiet: bool) -> Result<()> {
+    use prdit::eval::{self, Protocol, resnet::ResNet3d, resnet::ResNetSpec, stats};
+    let started = std::time::Instant::now();
+    let mut protocol = Protocol::preset(&args.preset)?;
+    if args.num.is_some() {
+        protocol.num = args.num;
+    }
+    let device = device_for(spec)?;
+    // The feature network, strictly from its file (or, for tests only, the formula).
+    let (net, net_spec, weights_info) = match (&args.weights, args.test_formula_weights) {
+        (_, Some(depth)) => {
+            let spec = ResNetSpec { depth, shortcut: 'B' };
+            eprintln!(
+                "WARNING: --test-formula-weights: a ResNet-{depth} with test-formula weights; these scores mean nothing"
+            );
+            let info = serde_json::json!({"file": null, "sha256": format!("test-formula-resnet{depth}"), "known_as": "test formula (not a trained network)"});
+            (ResNet3d::with_formula_weights(spec, &device)?, spec, info)
+        }
+        (Some(file), None) => {
+            let sha =
+                prdit::sample::sha256_file(file).with_context(|| format!("hashing {}", file.display()))?;
+            let known = eval::KNOWN_WEIGHTS.iter().find(|(h, _)| *h == sha).map(|(_, n)| *n);
+            eprintln!(
+                "weights {} sha256 {sha}{}",
+                file.display(),
+                known
+                    .map(|n| format!(" = {n}"))
+                    .unwrap_or_else(|| " (not one of the two known MedicalNet ResNet-50 files)".into())
+            );
+            let sd = weights::StateDict::open(file, Entry::Auto)?;
+            let spec = ResNetSpec::detect(&sd)?;
+            let info = serde_json::json!({"file": file, "sha256": sha, "known_as": known});
+            (ResNet3d::from_state_dict(spec, &sd, &device)?, spec, info)
+        }
+        (None, None) => bail!("--weights is required"),
+    };
+    let sha = weights_info["sha256"].as_str().unwrap_or_default().to_string();
+    // Real features: from the cache when this weights file, protocol and file list were seen.
+    let mut listed = prdit::data::dataset::list_volumes(&args.real)?;
+    if let Some(n) = protocol.num {
+        listed.truncate(n);
+    }
+    let key = eval::cache_key(&sha, &protocol, &listed);
+    let cache_dir = args.cache.clone().unwrap_or_else(|| {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".cache/prdit/features")
+    });
+    let cache_file = cache_dir.join(format!("{key}.safetensors"));
+    let cached = if args.no_cache { None } else { eval::read_cache(&cache_file)? };
+    let cache_hit = cached.is_some();
+    let (real_files, real_first, real) = match cached {
+        Some(f) => {
+            // Only the first real volume is read: for the range check against the fakes.
+            let (files, vols) =
+                eval::prepare_set(&args.real, &Protocol { num: Some(1), ..protocol.clone() }, false)?;
+            (files, vols, f)
+        }
+        None => {
+            let (files, vols) = eval::prepare_set(&args.real, &protocol, false)?;
+            let b = bar(quiet, vols.len(), "real volumes");
+            let f = eval::extract(&net, &vols, args.batch, &device, &mut |n| {
+                if let Some(b) = &b {
+                    b.set_position(n as u64)
+                }
+            })?;
+            if let Some(b) = b {
+                b.finish_and_clear();
+            }
+            if !args.no_cache {
+                eval::write_cache(&cache_file, &f)?;
+            }
+            (files, vols.into_iter().take(1).collect(), f)
+        }
+    };
+    let (fake_files, fake_vols) = eval::prepare_set(&args.fake, &protocol, true)?;
+    eval::check_same_range(&real_first, &real_files[..1], &fake_vols, &fake_files)?;
+    let b = bar(quiet, fake_vols.len(), "generated volumes");
+    let fake = eval::extract(&net, &fake_vols, args.batch, &device, &mut |n| {
+        if let Some(b) = &b {
+            b.set_position(n as u64)
+        }
+    })?;
+    if let Some(b) = b {
+        b.finish_and_clear();
+    }
+    let fid = stats::fid(&real, &fake)?;
+    let mmd = stats::mmd(&real, &fake, args.mmd)?;
+    let report = serde_json::json!({
+        "fid": fid, "mmd": mmd.mmd, "mmd2": mmd.mmd2, "mmd_gamma": mmd.gamma,
+        "mmd_estimator": args.mmd, "n_real": real.n, "n_fake": fake.n, "features": real.d,
+        "network": format!("MedicalNet ResNet-{} (shortcut {})", net_spec.depth, net_spec.shortcut),
+        "weights": weights_info, "preset": protocol, "real": args.real, "fake": args.fake,
+        "real_features_cached": cache_hit, "cache_file": (!args.no_cache).then_some(&cache_file),
+        "seconds": started.elapsed().as_secs_f64(),
+        "time_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    });
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(out) = &args.out {
+        std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
+    }
+    println!("{text}");
+    Ok(())
+}
+
+fn eval_diversity_cmd(args: &EvalDiversityArgs) -> Result<()> {
+    let mut files = prdit::data::dataset::list_volumes(&args.volumes)?;
+    if let Some(n) = args.num {
+        files.truncate(n);
+    }
+    let vols = files.iter().map(|f| nifti::read_volume(f)).collect::<prdit::Result<Vec<_>>>()?;
+    let (score, pairs) = prdit::eval::msssim::diversity(&vols)?;
+    let report = serde_json::json!({
+        "ms_ssim": score, "pairs": pairs, "volumes": files.len(), "data_range": 1.0,
+        "note": "MONAI MS-SSIM, 3D, kernel 3, sigma 1.5, 5 scales, data_range 1 (as the official script; lower = more diverse)",
+    });
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(out) = &args.out {
+        std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
+    }
+    println!("{text}");
+    Ok(())
 }
 
 /// The window phantoms are written with (model space [−1, 1] ↔ HU).

@@ -12,6 +12,7 @@ pub mod data;
 pub mod device;
 pub mod diffusion;
 pub mod error;
+pub mod eval;
 pub mod inspect;
 pub mod model;
 pub mod sample;

@@ -1,0 +1,300 @@
+//! Evaluation as the paper does it (spec §12): 3D-FID and MMD on MedicalNet ResNet features,
+//! MS-SSIM diversity. Protocol presets pin the resolution fed to the network, the value
+//! range and the number of volumes; real-set features are cached by the weights' hash and
+//! the preset, so evaluating many checkpoints costs one pass over the real data.
+
+pub mod msssim;
+pub mod resnet;
+pub mod stats;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::data::dataset::list_volumes;
+use crate::data::nifti::read_volume;
+use crate::data::volume::Volume;
+use crate::error::{Error, Result};
+use resnet::ResNet3d;
+use stats::Features;
+
+/// The two MedicalNet ResNet-50 releases, by SHA-256.
+pub const KNOWN_WEIGHTS: [(&str, &str); 2] = [
+    (
+        "5b6189cafbee2f5604a7279b62bc163365aa6a86a377e1dc260a14275cacbd84",
+        "resnet_50.pth (MedicalNet, named in PRDiT's README)",
+    ),
+    (
+        "ff48a62219073fb977fd3f4ddfb8dc1367f0ec156c8d6f6c37e205bd683a246e",
+        "resnet_50_23dataset.pth (MedicalNet, named by PRDiT-FM)",
+    ),
+];
+
+/// What a set of volumes' intensities look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Range {
+    /// Model space, [−1, 1].
+    MinusOneOne,
+    /// [0, 1] (e.g. the official RAD-ChestCT loader's output).
+    ZeroOne,
+    /// Hounsfield units.
+    Hu,
+    /// Something else.
+    Other,
+}
+
+impl Range {
+    /// Classifies a volume by its extremes.
+    pub fn of(lo: f32, hi: f32) -> Self {
+        if lo >= -0.05 && hi <= 1.05 {
+            Range::ZeroOne
+        } else if lo >= -1.05 && hi <= 1.05 {
+            Range::MinusOneOne
+        } else if lo < -200.0 || hi > 200.0 {
+            Range::Hu
+        } else {
+            Range::Other
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Range::MinusOneOne => "model space [-1, 1]",
+            Range::ZeroOne => "[0, 1]",
+            Range::Hu => "Hounsfield units",
+            Range::Other => "an unrecognised range",
+        }
+    }
+}
+
+/// A protocol: what the network sees and how many volumes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Protocol {
+    pub name: String,
+    /// Volumes are average-pooled to this edge (by an integer factor) before the network.
+    pub size: Option<usize>,
+    /// The range real volumes must have (fake ones are clamped into it).
+    pub range: Option<Range>,
+    /// The first N volumes of each set, in name order.
+    pub num: Option<usize>,
+}
+
+impl Protocol {
+    /// The named presets: `lidc` and `rad-chestct` (128³, [−1, 1], 1000 volumes each, as the
+    /// official evaluation with PRDiT-FM's loader fixes) and `none` (volumes as they are).
+    pub fn preset(name: &str) -> Result<Self> {
+        let p = |size, range, num| Protocol { name: name.to_string(), size, range, num };
+        match name {
+            "lidc" | "rad-chestct" => Ok(p(Some(128), Some(Range::MinusOneOne), Some(1000))),
+            "none" => Ok(p(None, None, None)),
+            other => {
+                Err(Error::invalid("--preset", format!("`{other}` is not one of lidc, rad-chestct, none")))
+            }
+        }
+    }
+}
+
+/// `size`³ from `v` by averaging `k`³ blocks (the official `AvgPool3d(k)`).
+fn avg_pool(v: &Volume, size: usize, path: &Path) -> Result<Volume> {
+    if v.dims == [size; 3] {
+        return Ok(v.clone());
+    }
+    let k = v.dims[0] / size;
+    if v.dims.iter().any(|&d| d != k * size) || k == 0 {
+        return Err(Error::data(
+            path,
+            format!("shape {:?} does not pool to {size}³ by an integer factor", v.dims),
+        ));
+    }
+    let mut out = Volume::filled([size; 3], 0.0);
+    out.spacing = v.spacing.map(|s| s * k as f32);
+    let norm = 1.0 / (k * k * k) as f64;
+    for a in 0..size {
+        for b in 0..size {
+            for c in 0..size {
+                let mut s = 0.0f64;
+                for (x, y, z) in (0..k * k * k).map(|i| (i / (k * k), (i / k) % k, i % k)) {
+                    s += v.data[v.index(a * k + x, b * k + y, c * k + z)] as f64;
+                }
+                let i = out.index(a, b, c);
+                out.data[i] = (s * norm) as f32;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The volumes of a set, read, validated and prepared as the protocol says.
+pub fn prepare_set(source: &Path, protocol: &Protocol, fake: bool) -> Result<(Vec<PathBuf>, Vec<Volume>)> {
+    let mut files = list_volumes(source)?;
+    if let Some(n) = protocol.num {
+        if files.len() < n {
+            return Err(Error::data(
+                source,
+                format!(
+                    "the {} protocol uses {n} volumes, this set has {} (use --num to evaluate fewer)",
+                    protocol.name,
+                    files.len()
+                ),
+            ));
+        }
+        files.truncate(n);
+    }
+    let mut volumes = Vec::with_capacity(files.len());
+    for f in &files {
+        let mut v = read_volume(f)?;
+        if let Some(i) = v.first_non_finite() {
+            return Err(Error::data(f, format!("voxel {i} is not a finite number")));
+        }
+        let (lo, hi) = v.min_max();
+        let range = Range::of(lo, hi);
+        if protocol.range == Some(Range::MinusOneOne) {
+            // Real volumes must be model space; generated ones may overshoot a little and are
+            // clamped (PRDiT-FM's loader), but a [0, 1] or HU set is a different scale.
+            let ok = if fake {
+                lo > -1.5 && hi < 1.5 && range != Range::ZeroOne
+            } else {
+                range == Range::MinusOneOne
+            };
+            if !ok {
+                return Err(Error::data(
+                    f,
+                    format!(
+                        "values span [{lo}, {hi}] ({}), but the {} protocol evaluates {} volumes",
+                        range.describe(),
+                        protocol.name,
+                        Range::MinusOneOne.describe()
+                    ),
+                ));
+            }
+            if fake {
+                v.data.iter_mut().for_each(|x| *x = x.clamp(-1.0, 1.0));
+            }
+        }
+        if let Some(size) = protocol.size {
+            v = avg_pool(&v, size, f)?;
+        }
+        volumes.push(v);
+    }
+    Ok((files, volumes))
+}
+
+/// Checks that two sets are in the same intensity range (the error names an example).
+pub fn check_same_range(
+    real: &[Volume],
+    real_files: &[PathBuf],
+    fake: &[Volume],
+    fake_files: &[PathBuf],
+) -> Result<()> {
+    let range = |v: &Volume| {
+        let (lo, hi) = v.min_max();
+        Range::of(lo, hi)
+    };
+    let kinds = |vs: &[Volume]| vs.iter().map(range).collect::<Vec<_>>();
+    let (r, f) = (kinds(real), kinds(fake));
+    let main = |k: &[Range]| {
+        if k.contains(&Range::Hu) {
+            Range::Hu
+        } else if k.contains(&Range::MinusOneOne) {
+            Range::MinusOneOne
+        } else {
+            k[0]
+        }
+    };
+    let (rm, fm) = (main(&r), main(&f));
+    if rm != fm {
+        let example = f.iter().position(|x| *x != rm).unwrap_or(0);
+        return Err(Error::data(
+            &fake_files[example],
+            format!(
+                "the generated volumes are in {} but the real ones ({} …) are in {}: scores of sets in \
+                 different ranges are meaningless",
+                fm.describe(),
+                real_files[0].display(),
+                rm.describe()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Features of volumes, `batch` at a time on `device`.
+pub fn extract(
+    net: &ResNet3d,
+    volumes: &[Volume],
+    batch: usize,
+    device: &Device,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Features> {
+    let mut data = Vec::new();
+    let mut d = 0;
+    for (n, chunk) in volumes.chunks(batch.max(1)).enumerate() {
+        let dims = chunk[0].dims;
+        if chunk.iter().any(|v| v.dims != dims) {
+            return Err(Error::invalid("volumes", "volumes of different shapes in one set"));
+        }
+        let flat: Vec<f32> = chunk.iter().flat_map(|v| v.data.iter().copied()).collect();
+        let x = Tensor::<5>::from_data(
+            TensorData::new(flat, [chunk.len(), 1, dims[0], dims[1], dims[2]]),
+            device,
+        );
+        let f = net.forward(x);
+        d = f.dims()[1];
+        let values: Vec<f32> = f.into_data().try_into_vec_as().unwrap_or_default();
+        data.extend(values.into_iter().map(|v| v as f64));
+        progress((n + 1) * batch.max(1));
+    }
+    Ok(Features::new(volumes.len(), d, data))
+}
+
+/// The cache key of a real set's features: the weights, the protocol and every file's
+/// name, size and modification time.
+pub fn cache_key(weights_sha256: &str, protocol: &Protocol, files: &[PathBuf]) -> String {
+    let mut h = Sha256::new();
+    h.update(weights_sha256.as_bytes());
+    h.update(serde_json::to_string(protocol).expect("serialises").as_bytes());
+    for f in files {
+        h.update(f.display().to_string().as_bytes());
+        if let Ok(m) = std::fs::metadata(f) {
+            h.update(m.len().to_le_bytes());
+            if let Ok(t) = m
+                .modified()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).map_err(std::io::Error::other))
+            {
+                h.update(t.as_nanos().to_le_bytes());
+            }
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads cached features (`None` when absent).
+pub fn read_cache(path: &Path) -> Result<Option<Features>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::data(path, format!("unreadable feature cache: {e}")))?;
+    let t = st.tensor("features").map_err(|e| Error::data(path, format!("unreadable feature cache: {e}")))?;
+    let [n, d] = t.shape() else {
+        return Err(Error::data(path, "the cached features are not a matrix"));
+    };
+    let data = t.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+    Ok(Some(Features::new(*n, *d, data)))
+}
+
+/// Writes features to a cache file (atomically).
+pub fn write_cache(path: &Path, f: &Features) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let bytes: Vec<u8> = f.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![f.n, f.d], &bytes)
+        .map_err(|e| Error::data(path, format!("cannot encode features: {e}")))?;
+    let encoded = safetensors::serialize(vec![("features", view)], None)
+        .map_err(|e| Error::data(path, e.to_string()))?;
+    crate::train::run::write_atomic(path, &encoded)
+}

@@ -1,0 +1,202 @@
+//! Evaluation against the official code (`../shared/fixtures/med3d`, or `PRDIT_MED3D_DIR`):
+//! MedicalNet ResNet-10/50 features with the fixture's formula weights, FID and MMD on the
+//! stored feature matrices, strict weight loading; closed forms are unit tests in
+//! `src/eval/stats.rs`.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use burn::tensor::Device;
+use common::*;
+use prdit::eval::resnet::{ResNet3d, ResNetSpec, formula_weights};
+use prdit::eval::stats::{Features, MmdEstimator, fid, mmd};
+use prdit::weights::{Entry, HostTensor, StateDict};
+
+fn reference() -> BTreeMap<String, HostTensor> {
+    read_fixture(med3d_dir().join("med3d_reference.safetensors"))
+}
+
+fn metrics() -> serde_json::Value {
+    let text = std::fs::read_to_string(med3d_dir().join("med3d_reference.json")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()["metrics"].clone()
+}
+
+/// A state dict holding the formula weights of `spec` under MedicalNet's keys.
+fn formula_state_dict(spec: ResNetSpec, extra: &[(&str, HostTensor)]) -> StateDict {
+    let net = ResNet3d::with_formula_weights(spec, &Device::flex()).unwrap();
+    let mut t: BTreeMap<String, HostTensor> = net
+        .parameter_shapes()
+        .iter()
+        .map(|(k, s)| (k.clone(), HostTensor { shape: s.clone(), data: formula_weights(k, s) }))
+        .collect();
+    for (k, v) in extra {
+        t.insert(k.to_string(), v.clone());
+    }
+    StateDict::from_host("formula.pth", t)
+}
+
+#[test]
+fn resnet_features_match_the_official_network() {
+    let r = reference();
+    let device = Device::flex();
+    let input = tensor::<5>(&r["input"], &device);
+    for (depth, name) in [(10, "resnet10"), (50, "resnet50")] {
+        let spec = ResNetSpec { depth, shortcut: 'B' };
+        // Through the strict loader, as a real weights file goes.
+        let sd = formula_state_dict(spec, &[]);
+        assert_eq!(ResNetSpec::detect(&sd).unwrap(), spec);
+        let net = ResNet3d::from_state_dict(spec, &sd, &device).unwrap();
+        let layer1 = net.layer1(input.clone()).narrow(1, 0, 8);
+        assert_close(&format!("{name} layer1"), &host(layer1), &r[&format!("{name}.layer1")], 1e-4);
+        let features = net.forward(input.clone());
+        assert_close(&format!("{name} features"), &host(features), &r[&format!("{name}.features")], 1e-4);
+    }
+}
+
+#[test]
+fn fid_and_mmd_match_the_official_code() {
+    let m = metrics();
+    // The fixture matrices are float64; read them without the f32 conversion of read_fixture.
+    let st = std::fs::read(med3d_dir().join("med3d_reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    let f64s = |k: &str| {
+        let t = st.tensor(k).unwrap();
+        let data: Vec<f64> =
+            t.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect();
+        Features::new(t.shape()[0], t.shape()[1], data)
+    };
+    for case in ["full_rank", "rank_deficient"] {
+        let (real, fake) = (f64s(&format!("{case}.real")), f64s(&format!("{case}.fake")));
+        let want = &m[case];
+        let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
+        let f = fid(&real, &fake).unwrap();
+        assert!(rel(f, want["fid"].as_f64().unwrap()) < 1e-6, "{case}: FID {f} vs {}", want["fid"]);
+        let d = mmd(&real, &fake, MmdEstimator::Biased).unwrap();
+        assert!(rel(d.gamma, want["gamma"].as_f64().unwrap()) < 1e-9, "{case}: gamma {}", d.gamma);
+        assert!(
+            rel(d.mmd2, want["mmd2"].as_f64().unwrap()) < 1e-6,
+            "{case}: MMD² {} vs {}",
+            d.mmd2,
+            want["mmd2"]
+        );
+        assert!(rel(d.mmd, want["mmd"].as_f64().unwrap()) < 1e-6, "{case}: MMD {}", d.mmd);
+        eprintln!("{case}: FID {f} (official {}), MMD {} (official {})", want["fid"], d.mmd, want["mmd"]);
+    }
+}
+
+#[test]
+fn medicalnet_files_load_strictly() {
+    // Both layouts of the release files: {'state_dict': {'module.conv1.weight', …}}.
+    for file in ["medicalnet_layout_stem.pth", "medicalnet_layout_stem_legacy.pth"] {
+        let sd = StateDict::open(&med3d_dir().join(file), Entry::Auto).unwrap();
+        assert_eq!(sd.entry(), Some("state_dict"));
+        for key in ["conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var"] {
+            let t = sd.read(key).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let e = rel_err(&t.data, &formula_weights(key, &t.shape));
+            assert!(e < 1e-6, "{file}: {key} differs from the formula weights by {e:.2e}");
+        }
+        // A stem alone is not a network: the error says what was found.
+        let e = ResNetSpec::detect(&sd).unwrap_err().to_string();
+        assert!(e.contains(file) && e.contains("not a MedicalNet ResNet"), "{e}");
+    }
+    let spec = ResNetSpec { depth: 10, shortcut: 'B' };
+    let device = Device::flex();
+    let load = |sd: &StateDict| ResNet3d::from_state_dict(spec, sd, &device).err().map(|e| e.to_string());
+    // The segmentation head of the released models and the BN counters are ignored.
+    let head = HostTensor { shape: vec![2, 512, 1, 1, 1], data: vec![0.0; 1024] };
+    let counter = HostTensor { shape: vec![], data: vec![0.0] };
+    assert_eq!(
+        load(&formula_state_dict(spec, &[("conv_seg.0.weight", head), ("bn1.num_batches_tracked", counter)])),
+        None
+    );
+    // Anything else unexpected, missing or mis-shaped is named.
+    let stray = HostTensor { shape: vec![3], data: vec![0.0; 3] };
+    let e = load(&formula_state_dict(spec, &[("fc.weight", stray)])).unwrap();
+    assert!(e.contains("unexpected key `fc.weight`"), "{e}");
+    let bad = HostTensor { shape: vec![64, 1, 3, 3, 3], data: vec![0.0; 64 * 27] };
+    let e = load(&formula_state_dict(spec, &[("conv1.weight", bad)])).unwrap();
+    assert!(e.contains("key `conv1.weight` has shape [64, 1, 3, 3, 3]"), "{e}");
+    let net = ResNet3d::with_formula_weights(spec, &device).unwrap();
+    let missing: BTreeMap<String, HostTensor> = net
+        .parameter_shapes()
+        .iter()
+        .filter(|(k, _)| k != "layer4.0.bn2.running_var")
+        .map(|(k, s)| (k.clone(), HostTensor { shape: s.clone(), data: formula_weights(k, s) }))
+        .collect();
+    let e = load(&StateDict::from_host("m.pth", missing)).unwrap();
+    assert!(e.contains("missing key `layer4.0.bn2.running_var`"), "{e}");
+}
+
+#[test]
+fn eval_commands_report_cache_and_refuse_mismatched_ranges() {
+    use common::run::{err, ok, phantoms, prdit};
+    let dir = tempfile::tempdir().unwrap();
+    let real = phantoms(dir.path(), "real", 4, 16);
+    let fake = dir.path().join("fake");
+    // Other seeds for the "generated" set.
+    ok(&prdit(
+        &["phantom", "--out", fake.to_str().unwrap(), "--num", "4", "--size", "16", "--seed", "100"],
+        &[],
+    ));
+    let cache = dir.path().join("cache");
+    let report = dir.path().join("report.json");
+    let run = |fake: &std::path::Path| {
+        prdit(
+            &[
+                "eval-fid",
+                "--real",
+                real.to_str().unwrap(),
+                "--fake",
+                fake.to_str().unwrap(),
+                "--preset",
+                "none",
+                "--test-formula-weights",
+                "10",
+                "--cache",
+                cache.to_str().unwrap(),
+                "--out",
+                report.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let first: serde_json::Value = serde_json::from_str(&ok(&run(&fake))).unwrap();
+    assert!(first["fid"].as_f64().unwrap().is_finite() && first["mmd"].as_f64().unwrap() >= 0.0);
+    assert_eq!(
+        (first["n_real"].as_u64(), first["n_fake"].as_u64(), first["features"].as_u64()),
+        (Some(4), Some(4), Some(512))
+    );
+    assert_eq!(first["real_features_cached"], false);
+    let second: serde_json::Value = serde_json::from_str(&ok(&run(&fake))).unwrap();
+    assert_eq!(second["real_features_cached"], true);
+    assert_eq!(second["fid"], first["fid"], "the cache gives the same features");
+    assert!(report.is_file());
+    // Generated volumes in HU against model-space real ones.
+    let e = err(&run(&fake.join("hu")));
+    assert!(e.contains("Hounsfield") && e.contains("model space"), "{e}");
+    // No weights: refused (a score from random weights is never computed).
+    let o = prdit(&["eval-fid", "--real", real.to_str().unwrap(), "--fake", fake.to_str().unwrap()], &[]);
+    assert!(!o.status.success());
+    // The LIDC protocol wants 1000 volumes unless told otherwise.
+    let o = prdit(
+        &[
+            "eval-fid",
+            "--real",
+            real.to_str().unwrap(),
+            "--fake",
+            fake.to_str().unwrap(),
+            "--test-formula-weights",
+            "10",
+        ],
+        &[],
+    );
+    assert!(err(&o).contains("uses 1000 volumes"));
+
+    let big = phantoms(dir.path(), "big", 3, 48);
+    let d: serde_json::Value =
+        serde_json::from_str(&ok(&prdit(&["eval-diversity", "--volumes", big.to_str().unwrap()], &[])))
+            .unwrap();
+    let score = d["ms_ssim"].as_f64().unwrap();
+    assert!(score > 0.0 && score < 1.0 && d["pairs"] == 3, "{d}");
+}
