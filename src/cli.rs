@@ -28,6 +28,13 @@ pub struct Cli {
     /// Print warnings and errors only (PRDIT_LOG=debug for more).
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Folder of the persistent GPU kernel and autotune cache (default $PRDIT_KERNEL_CACHE,
+    /// else ~/.cache/prdit/cubecl).
+    #[arg(long, global = true)]
+    pub kernel_cache: Option<PathBuf>,
+    /// Compile and autotune GPU kernels afresh, without reading or writing the cache.
+    #[arg(long, global = true)]
+    pub no_kernel_cache: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,6 +62,11 @@ pub enum Command {
     /// The first thing to run: a phantom dataset, a brief stage-1 and stage-2 training of a
     /// tiny model, and previews — a few minutes on a laptop CPU.
     Demo(DemoArgs),
+    /// Time the hot paths (training steps, forward, sampler step): cold start, warm median,
+    /// peak memory, and the ratio to the official PyTorch numbers on an H100.
+    Bench(BenchArgs),
+    /// Compile (and autotune) the GPU kernels of a run's shapes into the persistent cache.
+    Warmup(WarmupArgs),
     /// Sizes of a model: parameters per stage, token grid, activation memory per volume;
     /// with --weights, also load a weights file strictly and report what it holds.
     Inspect(InspectArgs),
@@ -202,6 +214,38 @@ pub struct EvalDiversityArgs {
 }
 
 #[derive(Args)]
+pub struct BenchArgs {
+    /// The stage-2 model (its depth-0 sibling is the stage-1 case).
+    #[arg(long, default_value = "PRDiT-B/12/4")]
+    model: String,
+    /// Volume edge.
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Volumes per step (the official benchmark: 16 for training, 8 for sampling).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// train, sample or all.
+    #[arg(long, default_value = "all")]
+    what: String,
+    /// Untimed iterations after the first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Timed iterations (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct WarmupArgs {
+    /// The run configuration whose shapes to compile.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+#[derive(Args)]
 pub struct PhantomArgs {
     /// Output folder: model-space volumes at the top, HU volumes under hu/.
     #[arg(long)]
@@ -249,6 +293,10 @@ pub struct InspectArgs {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
+    let started = std::time::Instant::now();
+    if let Some(dir) = device::configure_kernel_cache(cli.kernel_cache.clone(), !cli.no_kernel_cache) {
+        tracing::debug!("kernel cache: {}", dir.display());
+    }
     match cli.command {
         Command::TrainLocal(args) => train_cmd(cli.device, Stage::Local, args, None, cli.quiet).map(|_| ()),
         Command::TrainGlobal(args) => {
@@ -260,6 +308,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sample(args) => sample_cmd(cli.device, &args, cli.quiet),
         Command::EvalFid(args) => eval_fid_cmd(cli.device, &args, cli.quiet),
         Command::EvalDiversity(args) => eval_diversity_cmd(&args),
+        Command::Bench(args) => bench_cmd(cli.device, &args, started),
+        Command::Warmup(args) => warmup_cmd(cli.device, &args, started),
         Command::Phantom(args) => phantom_cmd(&args),
         Command::Demo(args) => demo_cmd(cli.device, &args, cli.quiet),
         Command::Inspect(args) => inspect_cmd(cli.device, args),
@@ -597,6 +647,87 @@ fn eval_diversity_cmd(args: &EvalDiversityArgs) -> Result<()> {
         std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
     }
     println!("{text}");
+    Ok(())
+}
+
+fn bench_cmd(spec: DeviceSpec, args: &BenchArgs, started: std::time::Instant) -> Result<()> {
+    use prdit::bench::{Bench, Iterations};
+    let selected = device::select(spec)?;
+    if let Some(n) = &selected.notice {
+        eprintln!("note: {n}");
+    }
+    let bench = Bench {
+        device: selected.device.clone(),
+        device_name: selected.name.clone(),
+        iterations: Iterations { warmup: args.warmup, timed: args.iters },
+        since: started,
+    };
+    let stage2 = PrditConfig::from_name(&args.model, args.size)?;
+    if stage2.depth == 0 {
+        bail!("--model names the stage-2 model (depth > 0); its depth-0 sibling is timed as stage 1");
+    }
+    let stage1 = PrditConfig { depth: 0, ..stage2.clone() };
+    let mut results = Vec::new();
+    let mut report = |r: prdit::bench::CaseResult| {
+        let ratio = r.ratio.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+        let official = r.official_ms.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
+        let peak = r.peak_reserved_gib.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<40} first {:>9.1} ms  cold {:>6.1} s  warm {:>9.2} ms  {:>8.2} vol/s  peak {:>6} GiB  official {:>7} ms  ratio {ratio}",
+            r.case, r.ms_first, r.cold_start_s, r.ms_median, r.volumes_per_s, peak, official
+        );
+        results.push(r);
+    };
+    if matches!(args.what.as_str(), "train" | "all") {
+        let b = args.batch.unwrap_or(16);
+        report(bench.train(&stage1, b, b));
+        report(bench.train(&stage2, b, b));
+    }
+    if matches!(args.what.as_str(), "sample" | "all") {
+        let b = args.batch.unwrap_or(8);
+        let model = PrditNet::init(&stage2, 0, &bench.device)?;
+        report(bench.forward(&model, &stage2.name(), args.size, b));
+        let pc = bench.sample_step(&model, &stage2.name(), args.size, b);
+        println!("  → {:.1} s per volume at 1000 steps", prdit::bench::seconds_per_volume_1000(&pc));
+        report(pc);
+    }
+    if !matches!(args.what.as_str(), "train" | "sample" | "all") {
+        bail!("--what must be train, sample or all");
+    }
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({"device": bench.device_name, "prdit": env!("CARGO_PKG_VERSION"), "burn": "0.22.1", "cases": results});
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn warmup_cmd(spec: DeviceSpec, args: &WarmupArgs, started: std::time::Instant) -> Result<()> {
+    use prdit::bench::{Bench, Iterations};
+    let cfg =
+        RunConfig::load(&args.config).with_context(|| format!("configuration {}", args.config.display()))?;
+    let net = cfg.model_config()?;
+    let selected = device::select(spec)?;
+    let bench = Bench {
+        device: selected.device.clone(),
+        device_name: selected.name.clone(),
+        iterations: Iterations { warmup: 0, timed: 0 },
+        since: started,
+    };
+    let micro = cfg.train.micro_batch.unwrap_or(cfg.train.batch_size);
+    let step = bench.train(&net, micro, micro);
+    println!(
+        "{}: {:.1} s (compiles and tunes the kernels of a training step)",
+        step.case,
+        step.ms_first / 1e3
+    );
+    let model = PrditNet::init(&net, 0, &bench.device)?;
+    let pc = bench.sample_step(&model, &net.name(), net.input_size, 1);
+    println!("{}: {:.1} s", pc.case, pc.ms_first / 1e3);
+    match (device::kernel_cache(), selected.name.starts_with("cuda")) {
+        (Some(dir), true) => println!("kernels cached in {}", dir.display()),
+        _ => println!("(no persistent kernel cache on this backend)"),
+    }
     Ok(())
 }
 

@@ -125,6 +125,47 @@ pub fn select(spec: DeviceSpec) -> Result<Selected> {
     }
 }
 
+static KERNEL_CACHE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// The kernel cache folder set by [`configure_kernel_cache`], if any.
+pub fn kernel_cache() -> Option<std::path::PathBuf> {
+    KERNEL_CACHE.get().cloned().flatten()
+}
+
+/// Where compiled GPU kernels and autotune results persist between runs: `dir`, else
+/// `$PRDIT_KERNEL_CACHE`, else `~/.cache/prdit/cubecl`. Must run before the first device
+/// is used; without CUDA in the build it does nothing. Returns the folder in use.
+pub fn configure_kernel_cache(dir: Option<std::path::PathBuf>, enabled: bool) -> Option<std::path::PathBuf> {
+    #[cfg(feature = "cuda")]
+    {
+        use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+        let dir =
+            dir.or_else(|| std::env::var_os("PRDIT_KERNEL_CACHE").map(std::path::PathBuf::from)).or_else(
+                || std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/prdit/cubecl")),
+            );
+        let mut cfg = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        cfg.compilation.cache = enabled;
+        if !enabled {
+            cfg.autotune.disable_cache = true;
+        }
+        let used = match dir {
+            Some(d) if enabled && std::fs::create_dir_all(&d).is_ok() => {
+                cfg.environment.path = CacheConfig::Directory(d.clone());
+                Some(d)
+            }
+            _ => None,
+        };
+        CubeClRuntimeConfig::set(cfg);
+        let _ = KERNEL_CACHE.set(used.clone());
+        used
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (dir, enabled);
+        None
+    }
+}
+
 fn cpu(notice: Option<String>) -> Selected {
     Selected { device: Device::flex(), name: "cpu".into(), notice }
 }

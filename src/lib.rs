@@ -7,6 +7,7 @@
 //! - [`device`]: `--device auto|cpu|cuda[:N]|wgpu`.
 //! - [`inspect`]: sizes and memory estimates of a configuration.
 
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod device;

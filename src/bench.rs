@@ -1,0 +1,193 @@
+//! Timing of the hot paths — a training step of each stage, the no-grad forward (one
+//! sampling step's network call) and a full predictor–corrector step — shared by
+//! `prdit bench`, `prdit warmup` and `benches/`. Every timed iteration ends with a device
+//! sync; the official PyTorch numbers measured on an H100 are embedded for the ratios.
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, Tensor};
+use serde::Serialize;
+
+use crate::diffusion::sampler::step;
+use crate::diffusion::{Denoiser, NoiseSource, Sampler};
+use crate::model::{Prdit, PrditConfig};
+use crate::sample::VolumeNoise;
+use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::step::{StepOutcome, Trainer};
+
+/// `../shared/bench/pytorch_official_h100.json`: the authors' code on one H100.
+pub const OFFICIAL_H100: &str = include_str!("../benches/reference/pytorch_official_h100.json");
+
+/// How many iterations to run.
+#[derive(Debug, Clone, Copy)]
+pub struct Iterations {
+    pub warmup: usize,
+    pub timed: usize,
+}
+
+/// One benchmark case's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    /// Named like the official file's keys (`train PRDiT-B/12/4 128^3 b16`, `fwd …`).
+    pub case: String,
+    pub device: String,
+    /// The first iteration (kernel compilation and autotuning included).
+    pub ms_first: f64,
+    /// Seconds from `since` (process start for the CLI) to the end of the first iteration.
+    pub cold_start_s: f64,
+    /// Median of the timed iterations.
+    pub ms_median: f64,
+    pub ms_min: f64,
+    pub volumes_per_s: f64,
+    /// Most device memory the allocator held (backends that report it).
+    pub peak_reserved_gib: Option<f64>,
+    /// The official time for the same case, when the reference has it.
+    pub official_ms: Option<f64>,
+    pub official_peak_gib: Option<f64>,
+    /// ms_median / official_ms.
+    pub ratio: Option<f64>,
+}
+
+/// (ms, peak GiB) of an official case.
+pub fn official(case: &str) -> Option<(f64, f64)> {
+    let v: serde_json::Value = serde_json::from_str(OFFICIAL_H100).ok()?;
+    let c = v.get(case)?;
+    let ms = c.get("ms_per_step").or_else(|| c.get("ms_per_forward"))?.as_f64()?;
+    Some((ms, c.get("peak_gib")?.as_f64()?))
+}
+
+/// Where and how a benchmark runs.
+pub struct Bench {
+    pub device: Device,
+    /// How the device is named in the results (`cuda:0`, `cpu`).
+    pub device_name: String,
+    pub iterations: Iterations,
+    /// The cold-start clock's origin (process start for the CLI).
+    pub since: Instant,
+}
+
+impl Bench {
+    /// Runs `f` once, `warmup` times untimed and `timed` times timed, syncing after each.
+    pub fn time<R>(&self, case: String, volumes: usize, mut f: impl FnMut() -> R) -> CaseResult {
+        let mut peak = 0u64;
+        let mut once = || {
+            let t = Instant::now();
+            let r = f();
+            self.device.sync().expect("device sync");
+            drop(r);
+            if let Some(u) = self.device.memory_pool_usage() {
+                peak = peak.max(u.bytes_reserved);
+            }
+            t.elapsed().as_secs_f64() * 1e3
+        };
+        let ms_first = once();
+        let cold_start_s = self.since.elapsed().as_secs_f64();
+        for _ in 0..self.iterations.warmup {
+            once();
+        }
+        let mut times: Vec<f64> = (0..self.iterations.timed).map(|_| once()).collect();
+        times.sort_by(f64::total_cmp);
+        let (ms_median, ms_min) =
+            if times.is_empty() { (ms_first, ms_first) } else { (times[times.len() / 2], times[0]) };
+        let reference = official(&case);
+        CaseResult {
+            device: self.device_name.clone(),
+            ms_first,
+            cold_start_s,
+            ms_median,
+            ms_min,
+            volumes_per_s: volumes as f64 / (ms_median / 1e3),
+            peak_reserved_gib: (peak > 0).then(|| peak as f64 / (1u64 << 30) as f64),
+            official_ms: reference.map(|r| r.0),
+            official_peak_gib: reference.map(|r| r.1),
+            ratio: reference.map(|r| ms_median / r.0),
+            case,
+        }
+    }
+
+    /// One training step (loss, backward, clipping, AdamW, EMA) of stage 1 (`cfg.depth == 0`)
+    /// or stage 2 (stage 1 frozen), batch `batch` in micro-batches of `micro`.
+    pub fn train(&self, cfg: &PrditConfig, batch: usize, micro: usize) -> CaseResult {
+        let ad = self.device.clone().autodiff();
+        let model = if cfg.depth == 0 {
+            Prdit::init(cfg, 0, &ad).expect("a valid configuration")
+        } else {
+            Prdit::init_with_gain(cfg, 0, 0.1, &ad).expect("a valid configuration").freeze_stage1()
+        };
+        let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let mut trainer = Trainer {
+            ema: model.valid(),
+            model,
+            optim: AdamW::new(adam),
+            micro_batch: micro,
+            grad_clip: 1.0,
+            ema_decay: 0.9999,
+        };
+        let s = cfg.input_size;
+        let shape = [batch, 1, s, s, s];
+        let x0 = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), &ad);
+        let noise = Tensor::<5>::random(shape, Distribution::Normal(0.0, 0.5), &ad);
+        let t: Vec<usize> = (0..batch).map(|i| (137 + 311 * i) % 1000).collect();
+        self.time(format!("train {} {s}^3 b{batch}", cfg.name()), batch, || {
+            let out = trainer.step(x0.clone(), &t, noise.clone(), 1e-4);
+            assert!(matches!(out, StepOutcome::Done { .. }), "the benchmark step was skipped");
+        })
+    }
+
+    /// One no-grad forward of the whole model (the network call of a sampling step).
+    pub fn forward(&self, model: &impl Denoiser, name: &str, size: usize, batch: usize) -> CaseResult {
+        let x =
+            Tensor::<5>::random([batch, 1, size, size, size], Distribution::Normal(0.0, 0.5), &self.device);
+        let t = vec![500.0f32; batch];
+        self.time(format!("fwd {name} {size}^3 b{batch}"), batch, || model.predict(x.clone(), &t))
+    }
+
+    /// One predictor–corrector step (network call, update, per-volume host noise).
+    pub fn sample_step(&self, model: &impl Denoiser, name: &str, size: usize, batch: usize) -> CaseResult {
+        let mut noise = VolumeNoise::new(0, (0..batch as u64).collect());
+        let x = noise.draw([batch, 1, size, size, size], &self.device).expect("noise");
+        self.time(format!("pc-step {name} {size}^3 b{batch}"), batch, || {
+            step(model, x.clone(), (999, 998), Sampler::default(), &mut noise).expect("step").0
+        })
+    }
+}
+
+/// Seconds per volume for a 1000-step run from a sampling-step case.
+pub fn seconds_per_volume_1000(c: &CaseResult) -> f64 {
+    1000.0 / c.volumes_per_s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn official_cases_are_found_by_our_case_names() {
+        let cfg = PrditConfig::from_name("PRDiT-B/12/4", 128).unwrap();
+        let train = format!("train {} {}^3 b{}", cfg.name(), 128, 16);
+        let (ms, gib) = official(&train).unwrap();
+        assert!((ms - 147.22).abs() < 0.01 && (gib - 19.14).abs() < 0.01);
+        assert!((official("fwd PRDiT-B/12/4 128^3 b8").unwrap().0 - 25.24).abs() < 0.01);
+        assert!(official("train PRDiT-B/12/4 32^3 b2").is_none());
+    }
+
+    #[test]
+    fn timing_reports_the_median_and_the_ratio() {
+        let bench = Bench {
+            device: Device::flex(),
+            device_name: "cpu".into(),
+            iterations: Iterations { warmup: 1, timed: 3 },
+            since: Instant::now(),
+        };
+        let mut n = 0u64;
+        let r = bench.time("fwd PRDiT-B/12/4 128^3 b8".into(), 8, || {
+            n += 1;
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        });
+        assert_eq!(n, 5, "first + warm-up + timed");
+        assert!(r.ms_median >= 2.0 && r.ms_min <= r.ms_median);
+        assert_eq!(r.official_ms, Some(official("fwd PRDiT-B/12/4 128^3 b8").unwrap().0));
+        assert!((r.ratio.unwrap() - r.ms_median / r.official_ms.unwrap()).abs() < 1e-12);
+    }
+}
