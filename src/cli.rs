@@ -57,6 +57,8 @@ pub enum Command {
     EvalFid(EvalFidArgs),
     /// Diversity of generated volumes: mean MS-SSIM over all pairs (lower = more diverse).
     EvalDiversity(EvalDiversityArgs),
+    /// Clinical CT (DICOM series, NIfTI) → training volumes in model space, with dataset.json.
+    Prepare(PrepareArgs),
     /// Write the built-in synthetic chest-CT dataset (NIfTI, model space and HU).
     Phantom(PhantomArgs),
     /// The first thing to run: a phantom dataset, a brief stage-1 and stage-2 training of a
@@ -246,6 +248,38 @@ pub struct WarmupArgs {
 }
 
 #[derive(Args)]
+pub struct PrepareArgs {
+    /// NIfTI files, DICOM series folders, or folders searched recursively for both.
+    #[arg(long, num_args = 1.., required = true)]
+    input: Vec<PathBuf>,
+    /// Output folder (one .nii.gz per input volume and dataset.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// lidc (1 mm, 256 mm field of view, window to the 99.9th percentile), rad-chestct (no
+    /// resampling, 256 voxels, clip ±1000, 99.5th percentile) or generic (the flags below).
+    #[arg(long, value_enum, default_value_t = prdit::prepare::Recipe::Lidc)]
+    recipe: prdit::prepare::Recipe,
+    /// Edge of the written volumes.
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Fixed HU window MIN,MAX (instead of the recipe's).
+    #[arg(long, value_parser = parse_window)]
+    window: Option<Window>,
+    /// Voxel spacing in mm to resample to (instead of the recipe's).
+    #[arg(long)]
+    spacing: Option<f32>,
+    /// Field of view in voxels of that spacing (instead of the recipe's).
+    #[arg(long)]
+    fov: Option<usize>,
+    /// Volumes prepared at once (memory grows with it).
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// Keep going when some inputs cannot be prepared (they are still listed).
+    #[arg(long)]
+    skip_bad: bool,
+}
+
+#[derive(Args)]
 pub struct PhantomArgs {
     /// Output folder: model-space volumes at the top, HU volumes under hu/.
     #[arg(long)]
@@ -310,6 +344,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::EvalDiversity(args) => eval_diversity_cmd(&args),
         Command::Bench(args) => bench_cmd(cli.device, &args, started),
         Command::Warmup(args) => warmup_cmd(cli.device, &args, started),
+        Command::Prepare(args) => prepare_cmd(&args, cli.quiet),
         Command::Phantom(args) => phantom_cmd(&args),
         Command::Demo(args) => demo_cmd(cli.device, &args, cli.quiet),
         Command::Inspect(args) => inspect_cmd(cli.device, args),
@@ -727,6 +762,74 @@ fn warmup_cmd(spec: DeviceSpec, args: &WarmupArgs, started: std::time::Instant) 
     match (device::kernel_cache(), selected.name.starts_with("cuda")) {
         (Some(dir), true) => println!("kernels cached in {}", dir.display()),
         _ => println!("(no persistent kernel cache on this backend)"),
+    }
+    Ok(())
+}
+
+fn prepare_cmd(args: &PrepareArgs, quiet: bool) -> Result<()> {
+    use prdit::prepare::{self, PrepareOptions};
+    if args.size < 8 {
+        bail!("--size must be at least 8");
+    }
+    let opts = PrepareOptions {
+        recipe: args.recipe,
+        size: args.size,
+        window: args.window.map(|w| [w.min_hu, w.max_hu]),
+        spacing_mm: args.spacing,
+        fov: args.fov,
+    };
+    let started = std::time::Instant::now();
+    let (inputs, failed) = prepare::discover(&args.input);
+    eprintln!(
+        "{} volume(s) to prepare ({} DICOM series, {} NIfTI files)",
+        inputs.len(),
+        inputs.iter().filter(|i| matches!(i, prepare::Input::Dicom { .. })).count(),
+        inputs.iter().filter(|i| matches!(i, prepare::Input::Nifti(_))).count()
+    );
+    let b = bar(quiet, inputs.len(), "volumes");
+    let progress = |done: usize, _total: usize| {
+        if let Some(b) = &b {
+            b.set_position(done as u64);
+        }
+    };
+    let manifest = prepare::run(&inputs, failed, &args.out, &opts, args.jobs, &progress)?;
+    if let Some(b) = b {
+        b.finish_and_clear();
+    }
+    for r in &manifest.volumes {
+        println!(
+            "{}  ← {} ({}, {:?} at {:.2}×{:.2}×{:.2} mm; window [{:.0}, {:.0}] HU){}",
+            r.file,
+            r.source.display(),
+            r.orientation_in,
+            r.shape_in,
+            r.spacing_in_mm[0],
+            r.spacing_in_mm[1],
+            r.spacing_in_mm[2],
+            r.window_hu[0],
+            r.window_hu[1],
+            r.warnings.iter().map(|w| format!("\n    warning: {w}")).collect::<String>()
+        );
+    }
+    println!(
+        "{} volume(s) of {}³ in {} ({:.1} s); dataset.json written",
+        manifest.volumes.len(),
+        args.size,
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if !manifest.failed.is_empty() {
+        for f in &manifest.failed {
+            eprintln!("could not prepare {}: {}", f.source.display(), f.reason);
+        }
+        if !args.skip_bad {
+            bail!(
+                "{} input(s) could not be prepared (listed above and in {}); the others were written — \
+                 fix or remove the failing inputs, or pass --skip-bad to accept the set without them",
+                manifest.failed.len(),
+                args.out.join("dataset.json").display()
+            );
+        }
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod eval;
 pub mod inspect;
 pub mod model;
+pub mod prepare;
 pub mod sample;
 pub mod train;
 pub mod weights;

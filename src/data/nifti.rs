@@ -19,8 +19,39 @@ pub fn is_nifti(path: &Path) -> bool {
     name.ends_with(".nii") || name.ends_with(".nii.gz")
 }
 
-/// Reads a 3D NIfTI volume (a 4D/5D file is accepted when its extra axes have size 1).
+/// Direction × spacing of each voxel axis in RAS+ world coordinates (column `a` is axis `a`).
+pub type Axes = [[f64; 3]; 3];
+
+/// Reads a 3D NIfTI volume (a 4D/5D file is accepted when its extra axes have size 1), as
+/// stored (no reorientation).
 pub fn read_volume(path: &Path) -> Result<Volume> {
+    read_volume_with_axes(path).map(|(v, _)| v)
+}
+
+/// The voxel axes of a header: the sform when set, else the qform, else the spacing alone.
+fn axes(h: &NiftiHeader) -> Axes {
+    let p = h.pixdim;
+    if h.sform_code > 0 {
+        let r = [h.srow_x, h.srow_y, h.srow_z];
+        return [0, 1, 2].map(|w| [0, 1, 2].map(|a| r[w][a] as f64));
+    }
+    if h.qform_code > 0 {
+        let (b, c, d) = (h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64);
+        let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
+        let rot = [
+            [a * a + b * b - c * c - d * d, 2.0 * (b * c - a * d), 2.0 * (b * d + a * c)],
+            [2.0 * (b * c + a * d), a * a + c * c - b * b - d * d, 2.0 * (c * d - a * b)],
+            [2.0 * (b * d - a * c), 2.0 * (c * d + a * b), a * a + d * d - c * c - b * b],
+        ];
+        let qfac = if p[0] < 0.0 { -1.0 } else { 1.0 };
+        let scale = [p[1] as f64, p[2] as f64, qfac * p[3] as f64];
+        return [0, 1, 2].map(|w| [0, 1, 2].map(|k| rot[w][k] * scale[k]));
+    }
+    [[p[1] as f64, 0.0, 0.0], [0.0, p[2] as f64, 0.0], [0.0, 0.0, p[3] as f64]]
+}
+
+/// [`read_volume`], with the orientation of its voxel axes.
+pub fn read_volume_with_axes(path: &Path) -> Result<(Volume, Axes)> {
     if !path.is_file() {
         return Err(bad(path, "no such file"));
     }
@@ -43,12 +74,13 @@ pub fn read_volume(path: &Path) -> Result<Volume> {
     let p = header.pixdim;
     let spacing = [p[1].abs(), p[2].abs(), p[3].abs()];
     let spacing = if spacing.iter().all(|s| s.is_finite() && *s > 0.0) { spacing } else { [1.0; 3] };
-    Ok(Volume { dims, spacing, data })
+    Ok((Volume { dims, spacing, data }, axes(&header)))
 }
 
 /// Writes `vol` as float32 NIfTI-1 (gzip when the name ends in `.gz`), spacing in the header
-/// and an axis-aligned scanner affine (sform) with that spacing; `description` goes into
-/// `descrip` (at most 79 bytes are kept).
+/// and an axis-aligned scanner affine (sform) declaring prdit's canonical orientation, LPS
+/// (i → patient left, j → posterior, k → superior; DICOM's patient axes); `description` goes
+/// into `descrip` (at most 79 bytes are kept).
 pub fn write_volume(path: &Path, vol: &Volume, description: &str) -> Result<()> {
     let [x, y, z] = vol.dims;
     let array = ndarray::Array3::from_shape_vec((x, y, z), vol.data.clone())
@@ -62,8 +94,8 @@ pub fn write_volume(path: &Path, vol: &Volume, description: &str) -> Result<()> 
         xyzt_units: 2 | 8, // mm, s
         sform_code: 1,
         qform_code: 0,
-        srow_x: [sx, 0.0, 0.0, 0.0],
-        srow_y: [0.0, sy, 0.0, 0.0],
+        srow_x: [-sx, 0.0, 0.0, 0.0],
+        srow_y: [0.0, -sy, 0.0, 0.0],
         srow_z: [0.0, 0.0, sz, 0.0],
         descrip,
         ..NiftiHeader::default()

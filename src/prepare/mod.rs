@@ -1,0 +1,392 @@
+//! `prdit prepare`: from clinical CT (DICOM series, NIfTI in any orientation) to training
+//! volumes (spec §11): HU → canonical LPS orientation → resample to the recipe's spacing
+//! (trilinear) → centre crop / pad with air to the field of view (never dropping a scan) →
+//! resize to `--size` → window → model space [−1, 1]. Writes one NIfTI per input and
+//! `dataset.json`; inputs that cannot be read are listed with the reason, never skipped
+//! silently.
+
+pub mod dicom;
+pub mod ops;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::nifti::{is_nifti, read_volume_with_axes, write_volume};
+use crate::data::volume::Volume;
+use crate::error::{Error, Result};
+use ops::{
+    AIR_HU, avg_pool, crop_or_pad, orientation_code, quantile, resample_to_spacing, resize, to_lps,
+    window_to_model,
+};
+
+/// A preprocessing recipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recipe {
+    /// LIDC-IDRI (official): 1 mm isotropic, 256 mm field of view, window [−1000, the
+    /// volume's 99.9th percentile].
+    Lidc,
+    /// RAD-ChestCT (official): no resampling, 256-voxel field of view, clip [−1000, 1000],
+    /// then the volume's 99.5th percentile as the upper bound.
+    RadChestct,
+    /// Your choice: `--spacing` (default: keep), `--fov` (default: the largest extent, so
+    /// nothing is cropped), `--window` (default −1000,1000).
+    Generic,
+}
+
+/// Everything `prepare` needs besides the inputs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrepareOptions {
+    pub recipe: Recipe,
+    /// Edge of the written volumes.
+    pub size: usize,
+    /// Fixed HU window (generic; overrides the recipe's).
+    pub window: Option<[f32; 2]>,
+    /// Target spacing in mm (generic; overrides the recipe's).
+    pub spacing_mm: Option<f32>,
+    /// Field of view in voxels of the target spacing (generic; overrides the recipe's).
+    pub fov: Option<usize>,
+}
+
+/// An input found under the given paths.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Nifti(PathBuf),
+    /// A DICOM series: its folder (for naming) and files.
+    Dicom {
+        folder: PathBuf,
+        uid: String,
+        files: Vec<PathBuf>,
+    },
+}
+
+impl Input {
+    /// The path users know it by.
+    pub fn source(&self) -> &Path {
+        match self {
+            Input::Nifti(p) => p,
+            Input::Dicom { folder, .. } => folder,
+        }
+    }
+}
+
+/// Per-volume record in `dataset.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub file: String,
+    pub source: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series_uid: Option<String>,
+    pub orientation_in: String,
+    pub shape_in: [usize; 3],
+    pub spacing_in_mm: [f32; 3],
+    pub shape_out: [usize; 3],
+    pub spacing_out_mm: [f32; 3],
+    /// The HU window mapped onto [−1, 1] for this volume.
+    pub window_hu: [f32; 2],
+    pub stats_hu: Stats,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    pub seconds: f64,
+}
+
+/// Intensity statistics of a volume in HU (after crop/pad, before windowing).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stats {
+    pub min: f32,
+    pub max: f32,
+    pub mean: f64,
+    pub p1: f32,
+    pub p99: f32,
+    /// Fraction of voxels in (−950, −500) HU: lung parenchyma.
+    pub lung_fraction: f64,
+}
+
+/// `dataset.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub recipe: Recipe,
+    pub options: PrepareOptions,
+    pub orientation: String,
+    /// Representative window for mapping generated volumes back to HU (`sample --hu`): the
+    /// recipe's fixed window, or the median of the per-volume windows.
+    pub window_hu: [f32; 2],
+    pub volumes: Vec<Record>,
+    pub failed: Vec<Failure>,
+}
+
+/// An input that could not be prepared.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Failure {
+    pub source: PathBuf,
+    pub reason: String,
+}
+
+/// Finds the inputs under `paths`: NIfTI files, and DICOM series (grouped by Series Instance
+/// UID) in folders searched recursively. Unreadable or empty places become failures.
+pub fn discover(paths: &[PathBuf]) -> (Vec<Input>, Vec<Failure>) {
+    let mut inputs = Vec::new();
+    let mut failed = Vec::new();
+    for p in paths {
+        if p.is_file() {
+            if is_nifti(p) {
+                inputs.push(Input::Nifti(p.clone()));
+            } else if dicom::is_dicom(p) {
+                let folder = p.parent().unwrap_or(Path::new(".")).to_path_buf();
+                inputs.push(Input::Dicom { folder, uid: String::new(), files: vec![p.clone()] });
+            } else {
+                failed.push(Failure {
+                    source: p.clone(),
+                    reason: "neither NIfTI (.nii, .nii.gz) nor DICOM".into(),
+                });
+            }
+            continue;
+        }
+        if !p.is_dir() {
+            failed.push(Failure { source: p.clone(), reason: "no such file or folder".into() });
+            continue;
+        }
+        let mut dicoms: Vec<PathBuf> = Vec::new();
+        let mut found = 0;
+        for entry in walk(p) {
+            if is_nifti(&entry) {
+                inputs.push(Input::Nifti(entry));
+                found += 1;
+            } else if dicom::is_dicom(&entry) {
+                dicoms.push(entry);
+            }
+        }
+        dicoms.sort();
+        let (series, bad) = dicom::group_series(&dicoms);
+        failed.extend(bad.into_iter().map(|(source, reason)| Failure { source, reason }));
+        for (uid, files) in series {
+            let folder = common_folder(&files);
+            inputs.push(Input::Dicom { folder, uid, files });
+            found += 1;
+        }
+        if found == 0 {
+            failed.push(Failure {
+                source: p.clone(),
+                reason: "holds no NIfTI file and no DICOM series".into(),
+            });
+        }
+    }
+    (inputs, failed)
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn common_folder(files: &[PathBuf]) -> PathBuf {
+    let mut folder = files[0].parent().unwrap_or(Path::new(".")).to_path_buf();
+    while !files.iter().all(|f| f.starts_with(&folder)) {
+        folder = folder.parent().unwrap_or(Path::new(".")).to_path_buf();
+    }
+    folder
+}
+
+/// A stable output name from the source path.
+fn output_name(input: &Input, taken: &mut std::collections::BTreeSet<String>) -> String {
+    let base = match input {
+        Input::Nifti(p) => {
+            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("volume");
+            n.trim_end_matches(".gz").trim_end_matches(".nii").to_string()
+        }
+        Input::Dicom { folder, .. } => {
+            folder.file_name().and_then(|n| n.to_str()).unwrap_or("series").to_string()
+        }
+    };
+    let clean: String =
+        base.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+    let mut name = clean.clone();
+    let mut n = 2;
+    while !taken.insert(name.clone()) {
+        name = format!("{clean}-{n}");
+        n += 1;
+    }
+    format!("{name}.nii.gz")
+}
+
+/// The HU volume of an input in LPS order, its source orientation, and load warnings.
+fn load(input: &Input) -> Result<(Volume, String, Option<String>, Vec<String>)> {
+    match input {
+        Input::Nifti(p) => {
+            let (v, axes) = read_volume_with_axes(p)?;
+            if let Some(i) = v.first_non_finite() {
+                return Err(Error::data(p, format!("voxel {i} is not a finite number")));
+            }
+            let (lo, hi) = v.min_max();
+            if lo > -900.0 || !(0.0..=10_000.0).contains(&hi) {
+                return Err(Error::data(
+                    p,
+                    format!(
+                        "values span [{lo}, {hi}]: not a CT in Hounsfield units (expected air near −1000 and tissue above 0)"
+                    ),
+                ));
+            }
+            Ok((to_lps(&v, &axes), orientation_code(&axes), None, Vec::new()))
+        }
+        Input::Dicom { folder, uid, files } => {
+            let (v, info) = dicom::read_series(files, folder)?;
+            Ok((to_lps(&v, &info.axes), orientation_code(&info.axes), Some(uid.clone()), info.warnings))
+        }
+    }
+}
+
+/// Runs the recipe's steps on one HU volume; returns the model-space volume, the window and
+/// the statistics.
+pub fn process(v: &Volume, opts: &PrepareOptions) -> (Volume, [f32; 2], Stats) {
+    let (spacing, fov) = match opts.recipe {
+        Recipe::Lidc => (Some(opts.spacing_mm.unwrap_or(1.0)), Some(opts.fov.unwrap_or(256))),
+        Recipe::RadChestct => (opts.spacing_mm, Some(opts.fov.unwrap_or(256))),
+        Recipe::Generic => (opts.spacing_mm, opts.fov),
+    };
+    let mut v = match spacing {
+        Some(s) => resample_to_spacing(v, s),
+        None => v.clone(),
+    };
+    if opts.recipe == Recipe::RadChestct {
+        v.data.iter_mut().for_each(|x| *x = x.clamp(-1000.0, 1000.0));
+    }
+    let fov = fov.unwrap_or_else(|| *v.dims.iter().max().expect("3 dims"));
+    let v = crop_or_pad(&v, [fov; 3], AIR_HU);
+    // The official pipeline average-pools 256 → 128; other ratios are resized trilinearly.
+    let mut v = if fov == opts.size {
+        v
+    } else if fov % opts.size == 0 {
+        avg_pool(&v, fov / opts.size)
+    } else {
+        resize(&v, [opts.size; 3])
+    };
+    let stats = stats(&v);
+    let window = match (opts.window, opts.recipe) {
+        (Some(w), _) => w,
+        (None, Recipe::Lidc) => {
+            v.data.iter_mut().for_each(|x| *x = x.max(-1000.0));
+            [v.min_max().0, quantile(&v.data, 0.999)]
+        }
+        (None, Recipe::RadChestct) => [v.min_max().0, quantile(&v.data, 0.995)],
+        (None, Recipe::Generic) => [-1000.0, 1000.0],
+    };
+    let window = if window[1] > window[0] { window } else { [window[0], window[0] + 1.0] };
+    window_to_model(&mut v, window[0], window[1]);
+    (v, window, stats)
+}
+
+fn stats(v: &Volume) -> Stats {
+    let (min, max) = v.min_max();
+    let n = v.data.len() as f64;
+    Stats {
+        min,
+        max,
+        mean: v.data.iter().map(|&x| x as f64).sum::<f64>() / n,
+        p1: quantile(&v.data, 0.01),
+        p99: quantile(&v.data, 0.99),
+        lung_fraction: v.data.iter().filter(|&&x| x > -950.0 && x < -500.0).count() as f64 / n,
+    }
+}
+
+/// Prepares every input into `out` with `jobs` threads, reporting progress as
+/// (done, total). Writes `dataset.json`; returns it (its `failed` lists what could not be
+/// prepared — the caller decides whether that is an error).
+pub fn run(
+    inputs: &[Input],
+    failed: Vec<Failure>,
+    out: &Path,
+    opts: &PrepareOptions,
+    jobs: usize,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Manifest> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut taken = std::collections::BTreeSet::new();
+    let names: Vec<String> = inputs.iter().map(|i| output_name(i, &mut taken)).collect();
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, std::result::Result<Record, String>)>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, inputs.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= inputs.len() {
+                        break;
+                    }
+                    let r = prepare_one(&inputs[i], &names[i], out, opts).map_err(|e| e.to_string());
+                    results.lock().expect("not poisoned").push((i, r));
+                    progress(done.fetch_add(1, Ordering::SeqCst) + 1, inputs.len());
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().expect("not poisoned");
+    results.sort_by_key(|r| r.0);
+    let mut volumes = Vec::new();
+    let mut failed = failed;
+    for (i, r) in results {
+        match r {
+            Ok(rec) => volumes.push(rec),
+            Err(reason) => failed.push(Failure { source: inputs[i].source().to_path_buf(), reason }),
+        }
+    }
+    let window_hu = match (opts.window, opts.recipe) {
+        (Some(w), _) => w,
+        (None, Recipe::Generic) => [-1000.0, 1000.0],
+        _ if volumes.is_empty() => [-1000.0, 1000.0],
+        _ => {
+            let lows: Vec<f32> = volumes.iter().map(|r| r.window_hu[0]).collect();
+            let highs: Vec<f32> = volumes.iter().map(|r| r.window_hu[1]).collect();
+            [quantile(&lows, 0.5), quantile(&highs, 0.5)]
+        }
+    };
+    let manifest = Manifest {
+        recipe: opts.recipe,
+        options: opts.clone(),
+        orientation: "LPS".into(),
+        window_hu,
+        volumes,
+        failed,
+    };
+    let json = serde_json::to_string_pretty(&manifest).expect("serialises");
+    crate::train::run::write_atomic(&out.join("dataset.json"), json.as_bytes())?;
+    Ok(manifest)
+}
+
+fn prepare_one(input: &Input, name: &str, out: &Path, opts: &PrepareOptions) -> Result<Record> {
+    let started = std::time::Instant::now();
+    let (hu, orientation_in, series_uid, warnings) = load(input)?;
+    let (model, window, stats) = process(&hu, opts);
+    let desc = format!("prdit prepare {:?}, window [{:.0}, {:.0}] HU", opts.recipe, window[0], window[1]);
+    write_volume(&out.join(name), &model, &desc)?;
+    Ok(Record {
+        file: name.to_string(),
+        source: input.source().to_path_buf(),
+        series_uid,
+        orientation_in,
+        shape_in: hu.dims,
+        spacing_in_mm: hu.spacing,
+        shape_out: model.dims,
+        spacing_out_mm: model.spacing,
+        window_hu: window,
+        stats_hu: stats,
+        warnings,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

