@@ -4,30 +4,17 @@
 //! (5), `PRDIT_BENCH_WARMUP` (1). One JSON line per case (the ratio to the official H100 time
 //! where the case exists there, e.g. `fwd PRDiT-B/12/4 128^3 b8`).
 
-use std::time::Instant;
-
 use burn::tensor::{Distribution, Tensor};
-use prdit::bench::{Bench, Iterations};
-use prdit::device::{DeviceSpec, select};
+use prdit::bench::{Bench, env_or};
 use prdit::model::patch::extract_patches;
 use prdit::{Prdit, PrditConfig};
 
-fn env<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 fn main() {
-    let selected = select(env("PRDIT_BENCH_DEVICE", DeviceSpec::Cpu)).unwrap_or_else(|e| panic!("{e}"));
-    let bench = Bench {
-        device: selected.device,
-        device_name: selected.name,
-        iterations: Iterations { warmup: env("PRDIT_BENCH_WARMUP", 1), timed: env("PRDIT_BENCH_ITERS", 5) },
-        since: Instant::now(),
-    };
+    let bench = Bench::from_env(5);
     let device = &bench.device;
-    let size: usize = env("PRDIT_BENCH_SIZE", 64);
-    let batch: usize = env("PRDIT_BENCH_BATCH", 1);
-    let name: String = env("PRDIT_BENCH_MODEL", "PRDiT-B/12/4".to_string());
+    let size: usize = env_or("PRDIT_BENCH_SIZE", 64);
+    let batch: usize = env_or("PRDIT_BENCH_BATCH", 1);
+    let name: String = env_or("PRDIT_BENCH_MODEL", "PRDiT-B/12/4".to_string());
     let cfg = PrditConfig::from_name(&name, size).unwrap_or_else(|e| panic!("{e}"));
     let stage1 = PrditConfig { depth: 0, ..cfg.clone() };
     let print = |r: prdit::bench::CaseResult| println!("{}", serde_json::to_string(&r).expect("serialises"));

@@ -4,17 +4,10 @@
 //! (64; the paper's 128), `PRDIT_BENCH_HIGHRES=1` to time the refinement at twice each size
 //! (256³ for 128), `PRDIT_BENCH_BATCH` (1), `PRDIT_BENCH_ITERS` (3), `PRDIT_BENCH_WARMUP` (1).
 
-use std::time::Instant;
-
 use prdit::PrditConfig;
-use prdit::bench::{Bench, CaseResult, Iterations, seconds_per_volume_1000};
-use prdit::device::{DeviceSpec, select};
+use prdit::bench::{Bench, CaseResult, env_or, seconds_per_volume_1000};
 use prdit::model::Prdit;
 use prdit::model::highres::{PrditSr, SrConfig};
-
-fn env<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn print(r: &CaseResult) {
     let mut v = serde_json::to_value(r).expect("serialises");
@@ -24,18 +17,12 @@ fn print(r: &CaseResult) {
 }
 
 fn main() {
-    let selected = select(env("PRDIT_BENCH_DEVICE", DeviceSpec::Cpu)).unwrap_or_else(|e| panic!("{e}"));
-    let bench = Bench {
-        device: selected.device,
-        device_name: selected.name,
-        iterations: Iterations { warmup: env("PRDIT_BENCH_WARMUP", 1), timed: env("PRDIT_BENCH_ITERS", 3) },
-        since: Instant::now(),
-    };
+    let bench = Bench::from_env(3);
     let device = &bench.device;
-    let batch: usize = env("PRDIT_BENCH_BATCH", 1);
-    let name: String = env("PRDIT_BENCH_MODEL", "PRDiT-B/12/4".to_string());
-    let highres = env("PRDIT_BENCH_HIGHRES", 0) == 1;
-    for size in env("PRDIT_BENCH_SIZES", "64".to_string())
+    let batch: usize = env_or("PRDIT_BENCH_BATCH", 1);
+    let name: String = env_or("PRDIT_BENCH_MODEL", "PRDiT-B/12/4".to_string());
+    let highres = env_or("PRDIT_BENCH_HIGHRES", 0) == 1;
+    for size in env_or("PRDIT_BENCH_SIZES", "64".to_string())
         .split(',')
         .map(|s| s.trim().parse().expect("sizes are numbers"))
     {

@@ -5,27 +5,14 @@
 //! `PRDIT_BENCH_ITERS` (3), `PRDIT_BENCH_WARMUP` (1). One JSON line per case, with the ratio to
 //! the official H100 time where the case exists there.
 
-use std::time::Instant;
-
 use prdit::PrditConfig;
-use prdit::bench::{Bench, Iterations};
-use prdit::device::{DeviceSpec, select};
-
-fn env<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use prdit::bench::{Bench, env_or};
 
 fn main() {
-    let selected = select(env("PRDIT_BENCH_DEVICE", DeviceSpec::Cpu)).unwrap_or_else(|e| panic!("{e}"));
-    let bench = Bench {
-        device: selected.device,
-        device_name: selected.name,
-        iterations: Iterations { warmup: env("PRDIT_BENCH_WARMUP", 1), timed: env("PRDIT_BENCH_ITERS", 3) },
-        since: Instant::now(),
-    };
-    let batch: usize = env("PRDIT_BENCH_BATCH", 2);
-    let name: String = env("PRDIT_BENCH_MODEL", "PRDiT-B/12/4".to_string());
-    for size in env("PRDIT_BENCH_SIZES", "64".to_string())
+    let bench = Bench::from_env(3);
+    let batch: usize = env_or("PRDIT_BENCH_BATCH", 2);
+    let name: String = env_or("PRDIT_BENCH_MODEL", "PRDiT-B/12/4".to_string());
+    for size in env_or("PRDIT_BENCH_SIZES", "64".to_string())
         .split(',')
         .map(|s| s.trim().parse().expect("sizes are numbers"))
     {

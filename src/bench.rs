@@ -67,7 +67,28 @@ pub struct Bench {
     pub since: Instant,
 }
 
+/// `key` from the environment, parsed, else `default`.
+pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 impl Bench {
+    /// The `cargo bench` setup: device `PRDIT_BENCH_DEVICE` (cpu), `PRDIT_BENCH_ITERS` timed
+    /// iterations (default `iters`) after `PRDIT_BENCH_WARMUP` (1).
+    pub fn from_env(iters: usize) -> Self {
+        let spec: crate::device::DeviceSpec = env_or("PRDIT_BENCH_DEVICE", crate::device::DeviceSpec::Cpu);
+        let selected = crate::device::select(spec).unwrap_or_else(|e| panic!("{e}"));
+        Bench {
+            device: selected.device,
+            device_name: selected.name,
+            iterations: Iterations {
+                warmup: env_or("PRDIT_BENCH_WARMUP", 1),
+                timed: env_or("PRDIT_BENCH_ITERS", iters),
+            },
+            since: Instant::now(),
+        }
+    }
+
     /// Runs `f` once, `warmup` times untimed and `timed` times timed, syncing after each.
     pub fn time<R>(&self, case: String, volumes: usize, mut f: impl FnMut() -> R) -> CaseResult {
         let mut peak = 0u64;

@@ -96,34 +96,19 @@ impl Protocol {
     }
 }
 
-/// `size`³ from `v` by averaging `k`³ blocks (the official `AvgPool3d(k)`).
-fn avg_pool(v: &Volume, size: usize, path: &Path) -> Result<Volume> {
+/// `size`³ from `v` by averaging blocks of an integer edge (the official `AvgPool3d(k)`).
+fn pool_to(v: &Volume, size: usize, path: &Path) -> Result<Volume> {
     if v.dims == [size; 3] {
         return Ok(v.clone());
     }
     let k = v.dims[0] / size;
-    if v.dims.iter().any(|&d| d != k * size) || k == 0 {
+    if k == 0 || v.dims.iter().any(|&d| d != k * size) {
         return Err(Error::data(
             path,
             format!("shape {:?} does not pool to {size}³ by an integer factor", v.dims),
         ));
     }
-    let mut out = Volume::filled([size; 3], 0.0);
-    out.spacing = v.spacing.map(|s| s * k as f32);
-    let norm = 1.0 / (k * k * k) as f64;
-    for a in 0..size {
-        for b in 0..size {
-            for c in 0..size {
-                let mut s = 0.0f64;
-                for (x, y, z) in (0..k * k * k).map(|i| (i / (k * k), (i / k) % k, i % k)) {
-                    s += v.data[v.index(a * k + x, b * k + y, c * k + z)] as f64;
-                }
-                let i = out.index(a, b, c);
-                out.data[i] = (s * norm) as f32;
-            }
-        }
-    }
-    Ok(out)
+    Ok(crate::prepare::ops::avg_pool(v, k))
 }
 
 /// The volumes of a set, read, validated and prepared as the protocol says.
@@ -174,7 +159,7 @@ pub fn prepare_set(source: &Path, protocol: &Protocol, fake: bool) -> Result<(Ve
             }
         }
         if let Some(size) = protocol.size {
-            v = avg_pool(&v, size, f)?;
+            v = pool_to(&v, size, f)?;
         }
         volumes.push(v);
     }
