@@ -5,19 +5,42 @@
 
 use std::time::Instant;
 
-use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
+use crate::config::TrainSection;
 use crate::diffusion::sampler::step;
 use crate::diffusion::{Denoiser, NoiseSource, Sampler};
 use crate::model::{Prdit, PrditConfig};
 use crate::sample::VolumeNoise;
-use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::step::{StepOutcome, Trainer};
 
 /// `../shared/bench/pytorch_official_h100.json`: the authors' code on one H100.
 pub const OFFICIAL_H100: &str = include_str!("../benches/reference/pytorch_official_h100.json");
+
+/// Which cases `prdit bench` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum What {
+    /// A training step of each stage.
+    Train,
+    /// The no-grad forward and a predictor–corrector step.
+    Sample,
+    /// Both.
+    #[default]
+    All,
+}
+
+impl What {
+    /// Whether the training cases run.
+    pub fn train(self) -> bool {
+        matches!(self, What::Train | What::All)
+    }
+
+    /// Whether the sampling cases run.
+    pub fn sample(self) -> bool {
+        matches!(self, What::Sample | What::All)
+    }
+}
 
 /// How many iterations to run.
 #[derive(Debug, Clone, Copy)]
@@ -136,22 +159,16 @@ impl Bench {
         } else {
             Prdit::init_with_gain(cfg, 0, 0.1, &ad).expect("a valid configuration").freeze_stage1()
         };
-        let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-        let mut trainer = Trainer {
-            ema: model.valid(),
-            model,
-            optim: AdamW::new(adam),
-            micro_batch: micro,
-            grad_clip: 1.0,
-            ema_decay: 0.9999,
-        };
+        // The official recipe's optimizer, clipping and EMA (the `[train]` defaults).
+        let recipe = TrainSection { batch_size: batch, micro_batch: Some(micro), ..TrainSection::default() };
+        let mut trainer = Trainer::start(model, &recipe);
         let s = cfg.input_size;
         let shape = [batch, 1, s, s, s];
         let x0 = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), &ad);
         let noise = Tensor::<5>::random(shape, Distribution::Normal(0.0, 0.5), &ad);
         let t: Vec<usize> = (0..batch).map(|i| (137 + 311 * i) % 1000).collect();
         self.time(format!("train {} {s}^3 b{batch}", cfg.name()), batch, || {
-            let out = trainer.step(x0.clone(), &t, noise.clone(), 1e-4);
+            let out = trainer.step(x0.clone(), &t, noise.clone(), 1e-4).expect("the losses reach the host");
             assert!(matches!(out, StepOutcome::Done { .. }), "the benchmark step was skipped");
         })
     }
@@ -177,6 +194,76 @@ impl Bench {
 /// Seconds per volume for a 1000-step run from a sampling-step case.
 pub fn seconds_per_volume_1000(c: &CaseResult) -> f64 {
     1000.0 / c.volumes_per_s
+}
+
+impl CaseResult {
+    /// One aligned line of `prdit bench`'s table.
+    pub fn line(&self) -> String {
+        let opt =
+            |x: Option<f64>, digits: usize| x.map_or_else(|| "-".to_string(), |x| format!("{x:.digits$}"));
+        format!(
+            "{:<40} first {:>9.1} ms  cold {:>6.1} s  warm {:>9.2} ms  {:>8.2} vol/s  peak {:>6} GiB  official {:>7} ms  ratio {}",
+            self.case,
+            self.ms_first,
+            self.cold_start_s,
+            self.ms_median,
+            self.volumes_per_s,
+            opt(self.peak_reserved_gib, 2),
+            opt(self.official_ms, 1),
+            opt(self.ratio, 2)
+        )
+    }
+}
+
+/// `prdit bench`: for the stage-2 network `stage2` (its depth-0 sibling is stage 1), a training
+/// step of each stage at batch `batch` (default 16, the official per-GPU batch) and the
+/// forward and a predictor–corrector step at `batch` (default 8); each case is handed to
+/// `report` as soon as it is timed.
+pub fn run_cases(
+    bench: &Bench,
+    stage2: &PrditConfig,
+    what: What,
+    batch: Option<usize>,
+    report: &mut dyn FnMut(&CaseResult),
+) -> crate::Result<Vec<CaseResult>> {
+    if stage2.depth == 0 {
+        return Err(crate::Error::invalid(
+            "model",
+            "name the stage-2 model (depth > 0); its depth-0 sibling is timed as stage 1",
+        ));
+    }
+    let stage1 = PrditConfig { depth: 0, ..stage2.clone() };
+    let mut results = Vec::new();
+    let mut keep = |r: CaseResult| {
+        report(&r);
+        results.push(r);
+    };
+    if what.train() {
+        let b = batch.unwrap_or(16);
+        keep(bench.train(&stage1, b, b));
+        keep(bench.train(stage2, b, b));
+    }
+    if what.sample() {
+        let b = batch.unwrap_or(8);
+        let model = Prdit::init(stage2, 0, &bench.device)?;
+        keep(bench.forward(&model, &stage2.name(), stage2.input_size, b));
+        keep(bench.sample_step(&model, &stage2.name(), stage2.input_size, b));
+    }
+    Ok(results)
+}
+
+/// The JSON document of a benchmark run.
+pub fn report_json(device: &str, cases: &[CaseResult]) -> serde_json::Value {
+    serde_json::json!({"device": device, "prdit": env!("CARGO_PKG_VERSION"), "burn": "0.22.1", "cases": cases})
+}
+
+/// `prdit warmup`: one training step (at the run's micro-batch) and one sampling step of the
+/// run's network, which compiles and tunes their kernels into the persistent cache.
+pub fn warmup(bench: &Bench, net: &PrditConfig, micro_batch: usize) -> crate::Result<[CaseResult; 2]> {
+    let step = bench.train(net, micro_batch, micro_batch);
+    let model = Prdit::init(net, 0, &bench.device)?;
+    let pc = bench.sample_step(&model, &net.name(), net.input_size, 1);
+    Ok([step, pc])
 }
 
 #[cfg(test)]

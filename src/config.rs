@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::PrditConfig;
+use crate::model::config::{DEFAULT_FREQUENCY_SIZE, DEFAULT_IN_CHANNELS, DEFAULT_MLP_RATIO, OUT_CHANNELS};
 
 /// A whole run file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,16 +73,19 @@ impl ModelSection {
         let b = base.as_ref();
         let cfg = PrditConfig {
             input_size: self.input_size,
-            in_channels: self.in_channels.or(b.map(|c| c.in_channels)).unwrap_or(1),
-            out_channels: 2,
+            in_channels: self.in_channels.or(b.map(|c| c.in_channels)).unwrap_or(DEFAULT_IN_CHANNELS),
+            out_channels: OUT_CHANNELS,
             patch_size: need("patch_size", self.patch_size, b.map(|c| c.patch_size))?,
             stride: need("stride", self.stride, b.map(|c| c.stride))?,
             padding: need("padding", self.padding, b.map(|c| c.padding))?,
             hidden_size: need("hidden_size", self.hidden_size, b.map(|c| c.hidden_size))?,
             num_heads: need("num_heads", self.num_heads, b.map(|c| c.num_heads))?,
             depth: need("depth", self.depth, b.map(|c| c.depth))?,
-            mlp_ratio: self.mlp_ratio.or(b.map(|c| c.mlp_ratio)).unwrap_or(4.0),
-            frequency_size: self.frequency_size.or(b.map(|c| c.frequency_size)).unwrap_or(256),
+            mlp_ratio: self.mlp_ratio.or(b.map(|c| c.mlp_ratio)).unwrap_or(DEFAULT_MLP_RATIO),
+            frequency_size: self
+                .frequency_size
+                .or(b.map(|c| c.frequency_size))
+                .unwrap_or(DEFAULT_FREQUENCY_SIZE),
         };
         cfg.validate().map_err(|e| match e {
             Error::Invalid { key, reason } => Error::Invalid { key: format!("model.{key}"), reason },
@@ -118,6 +122,17 @@ pub enum Storage {
     F32,
 }
 
+/// How the validation volumes are chosen when `[data] val` is not given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitPolicy {
+    /// The official split script's: Python's `random.Random(seed).shuffle` of the sorted files.
+    #[default]
+    Official,
+    /// prdit's earlier ChaCha8 shuffle (runs before the official split existed).
+    Chacha,
+}
+
 /// `[data]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,6 +145,9 @@ pub struct DataSection {
     /// Held-out volumes when `val` is absent (default: 10 %, at least 1 of 2 or more).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_count: Option<usize>,
+    /// Which shuffle picks the held-out volumes (default: the official one).
+    #[serde(default)]
+    pub split: SplitPolicy,
     #[serde(default = "DataSection::default_storage")]
     pub storage: Storage,
     /// Batches prepared ahead on the loader thread.
@@ -276,7 +294,7 @@ impl RunConfig {
             e => e,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        cfg.resolve_paths(base);
+        cfg.resolve_paths(&absolute(base)?);
         Ok(cfg)
     }
 
@@ -287,12 +305,13 @@ impl RunConfig {
         Ok(cfg)
     }
 
-    /// Makes relative paths absolute against `base`.
+    /// Makes relative paths absolute against `base` (itself made absolute against the working
+    /// directory), without `.` and `..` — so that a run folder, which records its configuration
+    /// and split resolved, means the same files from any working directory and when moved.
     pub fn resolve_paths(&mut self, base: &Path) {
+        let base = absolute(base).unwrap_or_else(|_| base.to_path_buf());
         let fix = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
+            *p = normalize(&base.join(&*p));
         };
         fix(&mut self.data.train);
         if let Some(v) = self.data.val.as_mut() {
@@ -429,6 +448,30 @@ impl RunConfig {
     }
 }
 
+/// `path` against the working directory when relative, lexically normalised.
+pub fn absolute(path: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
+    Ok(normalize(&abs))
+}
+
+/// Removes `.` and resolves `..` lexically (`/a/b/../c` → `/a/c`), as a user reads the path.
+pub fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 fn diff_values(prefix: &str, a: &toml::Value, b: &toml::Value, out: &mut Vec<String>) {
     match (a, b) {
         (toml::Value::Table(ta), toml::Value::Table(tb)) => {
@@ -473,6 +516,16 @@ mod tests {
         assert!(e.contains("model.patch_size"), "{e}");
         let e = RunConfig::parse(&MIN.replace("B/12/0", "L/12/4")).unwrap_err().to_string();
         assert!(e.contains("divisible by 6"), "{e}");
+    }
+
+    #[test]
+    fn paths_become_absolute_and_normal() {
+        let mut c = RunConfig::parse("[model]\nname = \"PRDiT-B/12/0\"\ninput_size = 128\n[data]\ntrain = \"../data/x\"\n[global]\nlocal = \"/abs/./run\"\n").unwrap();
+        c.resolve_paths(Path::new("/work/configs"));
+        assert_eq!(c.data.train, Path::new("/work/data/x"));
+        assert_eq!(c.global.unwrap().local.unwrap(), Path::new("/abs/run"));
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(absolute(Path::new("a/../b")).unwrap(), cwd.join("b"));
     }
 
     #[test]

@@ -4,9 +4,15 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 use crate::error::{Error, Result};
+
+/// The values of `t` on the host as f32 — every device-to-host copy of the library goes through
+/// here, so that a failed copy is an error naming `what` (never zeros).
+pub fn to_host<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
+    t.into_data().try_into_vec_as::<f32>().map_err(|e| Error::transfer(what, e))
+}
 
 /// A device as the user spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -4,9 +4,17 @@
 //! The memory figures are estimates by counting f32 values per token (documented on
 //! [`ActivationEstimate`]); weights, optimizer state and allocator slack come on top.
 
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::Module;
 use serde::Serialize;
 
-use crate::model::{ParamCounts, PrditConfig};
+use crate::device::Selected;
+use crate::error::{Error, Result};
+use crate::model::{ParamCounts, Prdit, PrditConfig};
+use crate::resolve::{ModelRef, Pick, Weights, model_config, resolve_model};
+use crate::weights::{self, Entry, StateDict, checkpoint};
 
 /// Activation memory per volume, in bytes (f32), by counting values per token.
 ///
@@ -138,6 +146,107 @@ impl std::fmt::Display for Report {
         }
         Ok(())
     }
+}
+
+/// A weights file loaded strictly into the model.
+#[derive(Debug, Clone, Serialize)]
+pub struct Loaded {
+    pub file: PathBuf,
+    /// `prdit checkpoint`, or the tensor count (and entry) of an official file.
+    pub contents: String,
+    pub parameters: usize,
+    /// The device it was loaded on.
+    pub device: String,
+    pub seconds: f64,
+}
+
+/// Everything `prdit inspect` reports: the sizes and, with a weights file, what loading it
+/// found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    #[serde(flatten)]
+    pub report: Report,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<Loaded>,
+}
+
+impl std::fmt::Display for Inspection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.report)?;
+        if let Some(l) = &self.weights {
+            writeln!(
+                f,
+                "weights\n  {} loaded strictly ({}; {} parameters) on {} in {:.2} s",
+                l.file.display(),
+                l.contents,
+                l.parameters,
+                l.device,
+                l.seconds
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What to inspect.
+#[derive(Debug, Clone)]
+pub struct InspectOptions {
+    /// An official name or a TOML/JSON file of the model fields (see
+    /// [`resolve::model_config`](crate::resolve::model_config)); optional when `weights` is a
+    /// prdit model file, which embeds its configuration.
+    pub model: Option<String>,
+    /// The volume edge for an official name.
+    pub size: usize,
+    /// Weights to load into the model, strictly (any model reference, see [`crate::resolve`]).
+    pub weights: Option<PathBuf>,
+    /// Which weights of an official full checkpoint.
+    pub entry: Entry,
+}
+
+/// The report of a model and, with `opts.weights`, loads them strictly onto the device that
+/// `device` selects (called only then).
+pub fn inspect(opts: &InspectOptions, device: impl FnOnce() -> Result<Selected>) -> Result<Inspection> {
+    let resolved = opts.weights.as_ref().map(|w| resolve_model(w, Weights::Ema, Pick::Newest)).transpose()?;
+    let embedded = match &resolved {
+        Some(r) if r.is_prdit() => Some(checkpoint::read_config::<Prdit>(r.file())?),
+        _ => None,
+    };
+    let cfg = match (&opts.model, embedded) {
+        (Some(m), _) => model_config(m, opts.size)?,
+        (None, Some(cfg)) => cfg,
+        (None, None) => {
+            return Err(Error::invalid(
+                "model",
+                "the model is needed (an official name such as PRDiT-B/12/4, or a TOML file): only prdit \
+                 model files embed their configuration",
+            ));
+        }
+    };
+    let report = report(&cfg);
+    let Some(resolved) = resolved else { return Ok(Inspection { report, weights: None }) };
+    let selected = device()?;
+    let started = Instant::now();
+    let file = resolved.file();
+    let (model, contents) = match &resolved {
+        ModelRef::Official { .. } => {
+            let sd = StateDict::open(file, opts.entry)?;
+            let entry = sd.entry().map(|e| format!(", entry `{e}`")).unwrap_or_default();
+            let contents = format!("{} tensors{entry}", sd.len());
+            (weights::prdit_from_state_dict(&cfg, &sd, &selected.device)?, contents)
+        }
+        _ => (
+            checkpoint::load_expecting::<Prdit>(file, &cfg, &selected.device)?,
+            "prdit checkpoint".to_string(),
+        ),
+    };
+    let loaded = Loaded {
+        file: file.to_path_buf(),
+        contents,
+        parameters: model.num_params(),
+        device: selected.name,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok(Inspection { report, weights: Some(loaded) })
 }
 
 #[cfg(test)]

@@ -11,14 +11,20 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::data::nifti::write_volume;
+use crate::data::nifti::{read_volume, write_volume};
 use crate::data::preview::write_preview;
 use crate::data::volume::{Volume, Window};
+use crate::device::to_host;
 use crate::diffusion::noise::{Purpose, normal_noise};
 use crate::diffusion::{NOISE_STD, NoiseSource, Sampler, sample};
 use crate::error::{Error, Result};
+use crate::fsio::{FolderLock, write_atomic};
+use crate::model::highres::PrditSr;
 use crate::model::network::Network;
-use crate::train::run::write_atomic;
+use crate::model::{Prdit, PrditConfig};
+use crate::resolve::{ModelRef, Pick, Weights, resolve_model};
+use crate::train::DataInfo;
+use crate::weights::{self, Entry, checkpoint};
 
 /// Draws per volume are numbered 0 (initial state), 1, 2, … (corrector steps); at most this
 /// many per volume.
@@ -60,6 +66,72 @@ impl NoiseSource for VolumeNoise {
     }
 }
 
+/// The sampler of a job, as users name it (and manifests record it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplerKind {
+    /// The "hot" predictor–corrector of the paper (jump `k`; official grid).
+    #[default]
+    #[serde(alias = "pc")]
+    Hot,
+    /// The official deterministic sampler: explicit Euler steps of the probability-flow ODE.
+    Deterministic,
+    /// DDIM: the exact rotation to the next angle with the predicted image and noise.
+    Ddim,
+    /// DPM-Solver++(2M): second-order multistep (the few-step choice: 20–50 steps).
+    Dpm2m,
+    /// DPM-Solver++(3M): third-order multistep.
+    Dpm3m,
+    /// Heun's second-order method on EDM's ODE (2 network calls per step).
+    Heun,
+}
+
+/// The time grid of the ODE solvers (the official samplers keep the official grid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GridKind {
+    /// Uniform in t, as the official grid.
+    Uniform,
+    /// Uniform in log-SNR (the default of DDIM and DPM-Solver++).
+    Logsnr,
+    /// EDM's ρ = 7 spacing of the noise level (the default of Heun).
+    Edm,
+}
+
+impl SamplerKind {
+    /// The update rule with jump `k` (hot) on `grid` (ODE solvers; each has a default).
+    pub fn sampler(self, k: usize, grid: Option<GridKind>) -> Result<Sampler> {
+        use crate::diffusion::sampler::{Grid, Solver};
+        let solver = match self {
+            SamplerKind::Hot | SamplerKind::Deterministic => {
+                if grid.is_some_and(|g| g != GridKind::Uniform) {
+                    return Err(Error::invalid(
+                        "grid",
+                        "the official samplers run on the official (uniform) grid",
+                    ));
+                }
+                return Ok(if self == SamplerKind::Hot {
+                    Sampler::PredictorCorrector { k }
+                } else {
+                    Sampler::Deterministic
+                });
+            }
+            SamplerKind::Ddim => Solver::Ddim,
+            SamplerKind::Dpm2m => Solver::DpmPp2m,
+            SamplerKind::Dpm3m => Solver::DpmPp3m,
+            SamplerKind::Heun => Solver::Heun,
+        };
+        let grid = match grid {
+            Some(GridKind::Uniform) => Grid::Uniform,
+            Some(GridKind::Logsnr) => Grid::LogSnr,
+            Some(GridKind::Edm) => Grid::Edm,
+            None if solver == Solver::Heun => Grid::Edm,
+            None => Grid::LogSnr,
+        };
+        Ok(Sampler::Ode { solver, grid })
+    }
+}
+
 /// What a sampling job writes and how.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SampleOptions {
@@ -67,8 +139,10 @@ pub struct SampleOptions {
     pub num: usize,
     pub batch: usize,
     pub steps: usize,
-    /// `hot` (predictor–corrector) or `deterministic`.
-    pub sampler: String,
+    pub sampler: SamplerKind,
+    /// The ODE solvers' grid (absent: the solver's default; the official samplers use theirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grid: Option<GridKind>,
     /// Predictor–corrector jump.
     pub k: usize,
     pub seed: u64,
@@ -82,11 +156,7 @@ pub struct SampleOptions {
 
 impl SampleOptions {
     fn sampler(&self) -> Result<Sampler> {
-        match self.sampler.as_str() {
-            "hot" | "pc" => Ok(Sampler::PredictorCorrector { k: self.k }),
-            "deterministic" | "ddim" => Ok(Sampler::Deterministic),
-            other => Err(Error::invalid("sampler", format!("`{other}` is not hot or deterministic"))),
-        }
+        self.sampler.sampler(self.k, self.grid)
     }
 }
 
@@ -125,7 +195,8 @@ pub struct VolumeRecord {
     pub x0_file: Option<String>,
     /// The noise of volume `index` is stream `index` of this seed.
     pub seed: u64,
-    pub seconds: f64,
+    /// Generation time per volume; `null` for a volume recorded after an interrupted job.
+    pub seconds: Option<f64>,
 }
 
 /// `manifest.json` of an output folder.
@@ -144,6 +215,22 @@ fn file_name(i: usize) -> String {
     format!("sample-{i:05}.nii.gz")
 }
 
+fn preview_name(i: usize) -> String {
+    format!("sample-{i:05}.png")
+}
+
+/// The manifest entry of volume `i`; `seconds` is unknown for one recovered after a kill.
+fn record(i: usize, opts: &SampleOptions, seconds: Option<f64>) -> VolumeRecord {
+    let name = file_name(i);
+    VolumeRecord {
+        index: i,
+        file: format!("xs/{name}"),
+        x0_file: opts.write_x0.then(|| format!("x0/{name}")),
+        seed: opts.seed,
+        seconds,
+    }
+}
+
 /// Generates `opts.num` volumes with `model` (batched, constant memory in the number of
 /// steps), skipping those already written; returns the manifest.
 pub fn run<N: Network>(
@@ -154,16 +241,28 @@ pub fn run<N: Network>(
     progress: Progress,
 ) -> Result<Manifest> {
     let sampler = opts.sampler()?;
-    if opts.num == 0 || opts.batch == 0 {
-        return Err(Error::invalid("--num/--batch", "must be at least 1"));
+    if opts.num == 0 {
+        return Err(Error::invalid("num", "the number of volumes must be at least 1"));
     }
-    let calls = crate::diffusion::time_grid(opts.steps)?.len();
+    if opts.batch == 0 {
+        return Err(Error::invalid("batch", "the volumes generated together must be at least 1"));
+    }
+    let calls = crate::diffusion::sampler::network_calls(sampler, opts.steps)?;
+    crate::diffusion::sampler::jump(sampler)?;
     let size = N::volume_size(model.config());
     let xs = opts.out.join("xs");
     let x0_dir = opts.out.join("x0");
     let previews = opts.out.join("previews");
+    let _lock = FolderLock::acquire(&opts.out)?;
     for d in [&xs, &previews].into_iter().chain(opts.write_x0.then_some(&x0_dir)) {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    // What a killed job left: scratch files of an interrupted write.
+    for d in [&opts.out, &xs, &x0_dir, &previews] {
+        for path in crate::fsio::scratch_entries(d)? {
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            tracing::warn!("removed {}, left by an interrupted write", path.display());
+        }
     }
     let manifest_path = opts.out.join("manifest.json");
     let mut manifest =
@@ -175,6 +274,7 @@ pub fn run<N: Network>(
         let same = old.source.sha256 == manifest.source.sha256
             && old.options.steps == opts.steps
             && old.options.sampler == opts.sampler
+            && old.options.grid == opts.grid
             && old.options.k == opts.k
             && old.options.seed == opts.seed
             && old.options.hu == opts.hu;
@@ -182,28 +282,71 @@ pub fn run<N: Network>(
             return Err(Error::data(
                 &manifest_path,
                 "this folder holds volumes from another checkpoint, sampler, step count, seed or \
-                 intensity scale: choose another --out",
+                 intensity scale: choose another output folder",
             ));
         }
         manifest.volumes = old.volumes;
+    } else if std::fs::read_dir(&xs).map_err(|e| Error::io(&xs, e))?.next().is_some() {
+        return Err(Error::data(
+            &xs,
+            "volumes without a manifest.json: this folder was not written by this job; choose another output folder",
+        ));
+    }
+    let complete =
+        |i: usize| xs.join(file_name(i)).is_file() && (!opts.write_x0 || x0_dir.join(file_name(i)).is_file());
+    // The manifest is checked against the files: records of volumes that are gone are dropped,
+    // volumes written just before a kill (before their manifest entry) are recorded.
+    let before = manifest.volumes.len();
+    manifest.volumes.retain(|r| xs.join(file_name(r.index)).is_file());
+    if manifest.volumes.len() != before {
+        tracing::warn!(
+            "{}: {} record(s) of missing volumes dropped",
+            manifest_path.display(),
+            before - manifest.volumes.len()
+        );
+    }
+    for i in (0..opts.num).filter(|&i| complete(i)) {
+        if !manifest.volumes.iter().any(|r| r.index == i) {
+            tracing::warn!("{}: recorded in the manifest after an interrupted job", file_name(i));
+            manifest.volumes.push(record(i, opts, None));
+        }
+        let png = previews.join(preview_name(i));
+        if !png.is_file() {
+            let vol = read_volume(&xs.join(file_name(i)))?;
+            let (lo, hi) = opts.hu.map_or((-1.0, 1.0), |w| (w.min_hu, w.max_hu));
+            write_preview(&png, &[&vol], lo, hi)?;
+        }
+    }
+    manifest.volumes.sort_by_key(|r| r.index);
+    if manifest.volumes.len() != before || !manifest_path.is_file() {
+        write_atomic(
+            &manifest_path,
+            serde_json::to_string_pretty(&manifest).expect("serialises").as_bytes(),
+        )?;
     }
     let window = opts.hu;
-    let to_volume = |t: Tensor<5>, i: usize| -> Volume {
-        let data: Vec<f32> = t.narrow(0, i, 1).into_data().try_into_vec_as().unwrap_or_default();
+    let to_volume = |t: Tensor<5>, i: usize, file: &Path| -> Result<Volume> {
+        let data = to_host(t.narrow(0, i, 1), "a generated volume")?;
+        if let Some(bad) = crate::weights::non_finite(&data) {
+            return Err(Error::data(
+                file,
+                format!(
+                    "not written: the generated volume {bad}; the weights or the sampling diverged \
+                     (the model file passed the finiteness check, so look at the steps and the sampler)"
+                ),
+            ));
+        }
         let data = match window {
             Some(w) => data.into_iter().map(|x| w.to_hu(x)).collect(),
             None => data,
         };
-        Volume { dims: [size; 3], spacing: opts.spacing_mm, data }
+        Ok(Volume { dims: [size; 3], spacing: opts.spacing_mm, data })
     };
     let (lo, hi) = window.map_or((-1.0, 1.0), |w| (w.min_hu, w.max_hu));
-    let mut done = (0..opts.num).filter(|&i| xs.join(file_name(i)).is_file()).count();
+    let mut done = (0..opts.num).filter(|&i| complete(i)).count();
     for first in (0..opts.num).step_by(opts.batch) {
         let indices: Vec<usize> = (first..(first + opts.batch).min(opts.num)).collect();
-        let complete = |i: &usize| {
-            xs.join(file_name(*i)).is_file() && (!opts.write_x0 || x0_dir.join(file_name(*i)).is_file())
-        };
-        if indices.iter().all(complete) {
+        if indices.iter().all(|&i| complete(i)) {
             continue;
         }
         let started = Instant::now();
@@ -216,30 +359,152 @@ pub fn run<N: Network>(
         for (j, &i) in indices.iter().enumerate() {
             let name = file_name(i);
             let desc = format!("prdit sample {i}, seed {}, {} steps", opts.seed, opts.steps);
-            let vol = to_volume(out.x.clone(), j);
+            let vol = to_volume(out.x.clone(), j, &xs.join(&name))?;
             write_volume(&xs.join(&name), &vol, &desc)?;
             let mut rows = vec![vol];
             if opts.write_x0 {
-                let v = to_volume(out.x0.clone(), j);
+                let v = to_volume(out.x0.clone(), j, &x0_dir.join(&name))?;
                 write_volume(&x0_dir.join(&name), &v, &format!("{desc}, image prediction"))?;
                 rows.push(v);
             }
             let refs: Vec<&Volume> = rows.iter().collect();
-            write_preview(&previews.join(format!("sample-{i:05}.png")), &refs, lo, hi)?;
+            write_preview(&previews.join(preview_name(i)), &refs, lo, hi)?;
+            crate::train::run::fault("abort-before-manifest", i as u64);
             manifest.volumes.retain(|r| r.index != i);
-            manifest.volumes.push(VolumeRecord {
-                index: i,
-                file: format!("xs/{name}"),
-                x0_file: opts.write_x0.then(|| format!("x0/{name}")),
-                seed: opts.seed,
-                seconds,
-            });
+            manifest.volumes.push(record(i, opts, Some(seconds)));
         }
-        done = (0..opts.num).filter(|&i| xs.join(file_name(i)).is_file()).count();
+        done = (0..opts.num).filter(|&i| complete(i)).count();
         manifest.volumes.sort_by_key(|r| r.index);
         let json = serde_json::to_string_pretty(&manifest).expect("serialises");
         write_atomic(&manifest_path, json.as_bytes())?;
         progress(done, opts.num, 0, 0);
+    }
+    Ok(manifest)
+}
+
+/// Which intensities a job writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Intensity {
+    /// Model space, [−1, 1].
+    Model,
+    /// Hounsfield units, through the window recorded for the run's training data.
+    RunHu,
+    /// Hounsfield units, through this window.
+    Hu(Window),
+}
+
+/// A sampling job from a model reference — what `prdit sample` does.
+#[derive(Debug, Clone)]
+pub struct SampleJob {
+    /// A run directory (its newest checkpoint), a checkpoint folder, a prdit model file or an
+    /// official weights file (see [`crate::resolve`]).
+    pub model: PathBuf,
+    /// Which weights of a checkpoint (sampling normally uses the EMA).
+    pub weights: Weights,
+    /// The network of an official weights file, which holds no configuration (prdit model
+    /// files embed theirs: this is not used for them).
+    pub network: Option<PrditConfig>,
+    /// The entry of an official full checkpoint.
+    pub entry: Entry,
+    pub intensity: Intensity,
+    pub out: PathBuf,
+    pub num: usize,
+    pub batch: usize,
+    pub steps: usize,
+    pub sampler: SamplerKind,
+    /// The ODE solvers' grid (absent: the solver's default).
+    pub grid: Option<GridKind>,
+    /// Predictor–corrector jump.
+    pub k: usize,
+    pub seed: u64,
+    /// Also write the last image prediction (`x0/`).
+    pub write_x0: bool,
+    /// Show a progress bar (see [`crate::progress`]).
+    pub progress: bool,
+}
+
+/// Runs a job: resolves the model file, reads what its run records about the training data
+/// (voxel spacing, HU window), loads the network the file holds and generates with [`run`].
+pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
+    let model = resolve_model(&job.model, job.weights, Pick::Newest)?;
+    let info = model.run_dir().and_then(|r| DataInfo::load(&r).ok());
+    let hu = match job.intensity {
+        Intensity::Model => None,
+        Intensity::Hu(w) => Some(w),
+        Intensity::RunHu => match info.as_ref().and_then(|i| i.window_hu) {
+            Some([lo, hi]) => Some(Window { min_hu: lo, max_hu: hi }),
+            None => {
+                return Err(Error::invalid(
+                    "window",
+                    "the run does not record the HU window of its training data (no dataset.json next to \
+                     the data)",
+                ));
+            }
+        },
+    };
+    let opts = SampleOptions {
+        out: job.out.clone(),
+        num: job.num,
+        batch: job.batch,
+        steps: job.steps,
+        sampler: job.sampler,
+        grid: job.grid,
+        k: job.k,
+        seed: job.seed,
+        hu,
+        write_x0: job.write_x0,
+        spacing_mm: info.as_ref().map_or([1.0; 3], |i| i.spacing_mm),
+    };
+    let file = model.file();
+    let sha256 = sha256_file(file)?;
+    let calls = crate::diffusion::sampler::network_calls(job.sampler.sampler(job.k, job.grid)?, job.steps)?;
+    let bar = crate::progress::bar((job.num * calls) as u64, "steps", job.progress);
+    let mut progress = |done: usize, total: usize, step: usize, _n: usize| {
+        if let Some(b) = &bar {
+            b.set_message(format!("volumes {done}/{total}"));
+            b.set_position((done * calls + step * job.batch.min(total - done.min(total))) as u64);
+        }
+    };
+    let source = |weights: String, network: String| ModelSource {
+        file: file.to_path_buf(),
+        sha256: sha256.clone(),
+        weights,
+        network,
+    };
+    let manifest = match &model {
+        ModelRef::Official { .. } => {
+            let cfg = job.network.as_ref().ok_or_else(|| {
+                Error::invalid(
+                    "network",
+                    format!("{} is an official weights file, which does not say its network", file.display()),
+                )
+            })?;
+            let m = weights::load_official(file, job.entry, cfg, device)?;
+            let source = source(format!("official ({:?} entry)", job.entry), cfg.name());
+            run(&m, source, &opts, device, &mut progress)?
+        }
+        _ => {
+            let weights = job.weights.name().to_string();
+            match checkpoint::model_format(file)?.as_str() {
+                f if f == <Prdit as Network>::FORMAT => {
+                    let m = checkpoint::load::<Prdit>(file, device)?;
+                    run(&m, source(weights, m.config().name()), &opts, device, &mut progress)?
+                }
+                f if f == <PrditSr as Network>::FORMAT => {
+                    let m = checkpoint::load::<PrditSr>(file, device)?;
+                    run(&m, source(weights, m.config().name()), &opts, device, &mut progress)?
+                }
+                other => {
+                    return Err(Error::weights(
+                        file,
+                        format!("`{other}` is not a model file prdit can sample from"),
+                    ));
+                }
+            }
+        }
+    };
+    if let Some(b) = &bar {
+        b.finish_and_clear();
     }
     Ok(manifest)
 }

@@ -51,14 +51,79 @@ fn inspect_loads_official_weights_strictly() {
     let o = prdit(&["--device", "cpu", "inspect", "--model", cfg, "--weights", pt.to_str().unwrap()]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(out.contains("loaded strictly (57 tensors"), "{out}");
+    let tensors = common::read_fixture(common::parity_dir().join("parity_weights.safetensors")).len();
+    assert!(out.contains(&format!("loaded strictly ({tensors} tensors")), "{out}");
 
-    // The same file against another depth: refused, naming keys.
+    // The same file against one block more: refused, naming the keys it lacks.
     let mut other = meta.config.clone();
-    other.depth = 1;
+    other.depth += 1;
     std::fs::write(&cfg_path, toml::to_string(&other).unwrap()).unwrap();
     let o = prdit(&["--device", "cpu", "inspect", "--model", cfg, "--weights", pt.to_str().unwrap()]);
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(2));
-    assert!(err.contains("parity_state_dict.pt") && err.contains("unexpected key `fine.blocks.1."), "{err}");
+    let missing = format!("missing key `fine.blocks.{}.", meta.config.depth);
+    assert!(err.contains("parity_state_dict.pt") && err.contains(&missing), "{err}");
+}
+
+#[test]
+fn closed_choices_are_checked_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    // Each refused by the argument parser with the accepted values, before any work.
+    for (args, values) in [
+        (vec!["sample", "--run", "nowhere", "--out", out, "--sampler", "euler"], "hot, deterministic, ddim"),
+        (vec!["bench", "--what", "everything"], "train, sample, all"),
+        (
+            vec!["eval-fid", "--real", "r", "--fake", "f", "--test-formula-weights", "10", "--preset", "x"],
+            "lidc, rad-chestct, none",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let o = prdit(&args);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(values), "{args:?}: {err}");
+        assert!(!err.contains('\u{1b}'), "no colour codes in redirected output: {err:?}");
+        assert!(started.elapsed().as_secs() < 30, "{args:?} ran before refusing");
+    }
+    assert!(!dir.path().join("out").exists());
+}
+
+#[test]
+fn model_references_that_name_nothing_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // A path that does not exist: named once, with the OS's reason.
+    let missing = dir.path().join("no-such-run");
+    let o = prdit(&[
+        "--device",
+        "cpu",
+        "sample",
+        "--run",
+        missing.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(err.matches("no-such-run").count(), 1, "{err}");
+    assert!(err.contains("No such file"), "{err}");
+    // A folder without checkpoints.
+    let o = prdit(&[
+        "--device",
+        "cpu",
+        "sample",
+        "--run",
+        dir.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert!(err.contains("run directory with a complete checkpoint"), "{err}");
+    // A phantom set of no volumes: the flag is named.
+    let o = prdit(&["phantom", "--out", out.to_str().unwrap(), "--num", "0"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err.contains("--num"), "{err}");
 }

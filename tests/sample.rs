@@ -137,3 +137,143 @@ fn tiny_highres_refinement_trains_and_samples() {
     sample(&["--run", run3.to_str().unwrap(), "--out", out.to_str().unwrap(), "--num", "1", "--steps", "5"]);
     assert_eq!(read_volume(&out.join("xs/sample-00000.nii.gz")).unwrap().dims, [32, 32, 32]);
 }
+
+/// A job killed after a volume's files but before its manifest entry: the re-run records it
+/// (and a scratch file of an interrupted write is removed); a second job into the same folder
+/// while one runs is refused; weights with NaN are refused naming the tensor.
+#[test]
+fn sampling_recovers_from_kills_and_refuses_bad_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 6);
+    let cfg = config(dir.path(), "run.toml", &data, 0, "total_steps = 4\n");
+    let run = dir.path().join("run");
+    ok(&train("train-local", &cfg, &run, &[], &[]));
+    let out = dir.path().join("out");
+    let (run_s, out_s) = (run.to_str().unwrap(), out.to_str().unwrap());
+    let args = ["sample", "--run", run_s, "--out", out_s, "--num", "3", "--batch", "1", "--steps", "5"];
+    let o = prdit(&args, &[("PRDIT_FAULT_INJECT", "abort-before-manifest:1")]);
+    assert!(!o.status.success());
+    assert!(out.join("xs/sample-00001.nii.gz").is_file());
+    std::fs::write(out.join("xs/.partial-1-0-sample-00002.nii.gz"), b"torn").unwrap();
+    let o = prdit(&args, &[]);
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("sample-00001.nii.gz: recorded in the manifest"), "{stderr}");
+    assert!(stderr.contains(".partial-1-0-sample-00002.nii.gz"), "{stderr}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let indices: Vec<u64> =
+        manifest["volumes"].as_array().unwrap().iter().map(|v| v["index"].as_u64().unwrap()).collect();
+    assert_eq!(indices, [0, 1, 2]);
+    assert!(!out.join("xs/.partial-1-0-sample-00002.nii.gz").exists());
+
+    // One job per folder: hold the folder's lock as a running job does.
+    let lock = prdit::fsio::FolderLock::acquire(&out).unwrap();
+    let e = err(&prdit(&args, &[]));
+    assert!(e.contains("in use by another prdit process"), "{e}");
+    drop(lock);
+
+    // A checkpoint whose EMA weights hold a NaN: refused, naming the file and the tensor.
+    let ckpt = std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().map(|e| e.path()).max().unwrap();
+    let device = Device::flex();
+    let m = checkpoint::load::<Prdit>(&ckpt.join("ema.bpk"), &device).unwrap();
+    let mut sd = export::state_dict(&m);
+    sd.get_mut("coarse.mlp_denoise.linear_final.bias").unwrap().data[3] = f32::NAN;
+    let bad = prdit::weights::prdit_from_state_dict(
+        m.config(),
+        &prdit::weights::StateDict::from_host("in-memory", sd),
+        &device,
+    );
+    let e = bad.expect_err("a NaN in an official-format state dict is refused").to_string();
+    assert!(e.contains("linear_final.bias") && e.contains("non-finite"), "{e}");
+    let m = checkpoint::load::<Prdit>(&ckpt.join("model.bpk"), &device).unwrap();
+    let poisoned = poison(m);
+    checkpoint::save_model(&poisoned, &ckpt.join("ema.bpk")).unwrap();
+    let nan_out = dir.path().join("nan");
+    let e = err(&prdit(
+        &["sample", "--run", run_s, "--out", nan_out.to_str().unwrap(), "--num", "1", "--steps", "5"],
+        &[],
+    ));
+    assert!(e.contains("ema.bpk") && e.contains("non-finite"), "{e}");
+    assert!(!nan_out.join("xs").exists() || std::fs::read_dir(nan_out.join("xs")).unwrap().next().is_none());
+}
+
+/// The model with its first parameter's first value set to NaN.
+fn poison(m: Prdit) -> Prdit {
+    use burn::module::{Module, ModuleMapper, Param};
+    use burn::tensor::Tensor;
+    struct First(bool);
+    impl ModuleMapper for First {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (id, t, mapper) = param.consume();
+            let t = if self.0 {
+                t
+            } else {
+                self.0 = true;
+                let dims = t.dims();
+                let n: usize = dims.iter().product();
+                let mut v = t.into_data().try_into_vec_as::<f32>().unwrap();
+                assert_eq!(v.len(), n);
+                v[0] = f32::NAN;
+                Tensor::from_data(burn::tensor::TensorData::new(v, dims), &Device::flex())
+            };
+            Param::from_mapped_value(id, t, mapper)
+        }
+    }
+    m.map(&mut First(false))
+}
+
+/// The few-step ODE solvers through the command line: one network call per step (Heun two),
+/// recorded in the manifest; the official samplers refuse another grid.
+#[test]
+fn ode_solvers_sample_in_few_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 6);
+    let cfg = config(dir.path(), "run.toml", &data, 0, "total_steps = 4\n");
+    let run = dir.path().join("run");
+    ok(&train("train-local", &cfg, &run, &[], &[]));
+    for (sampler, grid, calls) in
+        [("dpm2m", None, 10), ("dpm3m", Some("uniform"), 10), ("ddim", None, 10), ("heun", Some("edm"), 19)]
+    {
+        let out = dir.path().join(sampler);
+        let mut args = vec![
+            "--run",
+            run.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--num",
+            "2",
+            "--batch",
+            "2",
+        ];
+        args.extend(["--steps", "10", "--sampler", sampler]);
+        if let Some(g) = grid {
+            args.extend(["--grid", g]);
+        }
+        sample(&args);
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(m["network_calls_per_volume"], calls, "{sampler}");
+        assert_eq!(m["options"]["sampler"], sampler);
+        for i in 0..2 {
+            let v = read_volume(&out.join(format!("xs/sample-0000{i}.nii.gz"))).unwrap();
+            assert!(v.first_non_finite().is_none(), "{sampler}");
+        }
+    }
+    let out = dir.path().join("hot");
+    let e = err(&prdit(
+        &[
+            "sample",
+            "--run",
+            run.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--grid",
+            "edm",
+            "--steps",
+            "10",
+        ],
+        &[],
+    ));
+    assert!(e.contains("--grid") && e.contains("official"), "{e}");
+}

@@ -126,44 +126,38 @@ fn killed_runs_resume_exactly() {
     assert!(out.contains("finished at step 14/14"), "{out}");
 }
 
+/// SIGINT (Ctrl-C) and SIGTERM (`timeout`, Slurm, Kubernetes): the step finishes, a checkpoint
+/// is written, and the exit status says which signal (130, 143).
 #[test]
-fn ctrl_c_stops_with_a_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = data(dir.path(), 6);
-    let cfg = config(dir.path(), "run.toml", &data, 0, "total_steps = 100000\nckpt_every = 100000\n");
-    let run = dir.path().join("run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_prdit"))
-        .args([
-            "--device",
-            "cpu",
-            "--quiet",
-            "train-local",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            run.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while !run.join("metrics.jsonl").is_file() || losses(&run).len() < 3 {
-        assert!(started.elapsed().as_secs() < 120, "training did not start");
-        assert!(child.try_wait().unwrap().is_none(), "prdit exited early");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = ok(&out);
-    assert!(stdout.contains("interrupted at step"), "{stdout}");
-    let state: Value = {
+fn signals_stop_with_a_checkpoint_and_say_so() {
+    for (signal, status) in [("-INT", 130), ("-TERM", 143)] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = data(dir.path(), 6);
+        let cfg = config(dir.path(), "run.toml", &data, 0, "total_steps = 100000\nckpt_every = 100000\n");
+        let run = dir.path().join("run");
+        let child = spawn_train(&cfg, &run, dir.path());
+        let started = std::time::Instant::now();
+        while !run.join("metrics.jsonl").is_file() || losses(&run).len() < 3 {
+            assert!(started.elapsed().as_secs() < 120, "training did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(status),
+            "{signal}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("interrupted at step"), "{stdout}");
         let ckpts: Vec<PathBuf> =
             std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().map(|e| e.path()).collect();
         assert_eq!(ckpts.len(), 1, "{ckpts:?}");
-        serde_json::from_str(&std::fs::read_to_string(ckpts[0].join("state.json")).unwrap()).unwrap()
-    };
-    assert!(state["step"].as_u64().unwrap() >= 3);
+        let state: Value =
+            serde_json::from_str(&std::fs::read_to_string(ckpts[0].join("state.json")).unwrap()).unwrap();
+        assert!(state["step"].as_u64().unwrap() >= 3);
+    }
 }
 
 #[test]
@@ -232,4 +226,125 @@ fn micro_batches_match_the_full_batch() {
     for ((s, x), (_, y)) in a.iter().zip(&b) {
         assert!((x - y).abs() <= 1e-5 * x.abs(), "step {s}: {x} vs {y}");
     }
+}
+
+/// The command line of a `train-local` run as a child process (for tests that must act while it
+/// runs), in `cwd`.
+fn spawn_train(cfg: &Path, out: &Path, cwd: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_prdit"))
+        .args(["--device", "cpu", "--quiet", "train-local", "--config"])
+        .arg(cfg)
+        .arg("--out")
+        .arg(out)
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn one_writer_per_run_folder_and_a_dead_writers_lock_is_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 6);
+    let slow = config(dir.path(), "a.toml", &data, 0, "total_steps = 100000\nckpt_every = 100000\n");
+    let other = config(dir.path(), "b.toml", &data, 0, "total_steps = 2\nseed = 3\n");
+    let run = dir.path().join("run");
+    let mut first = spawn_train(&slow, &run, dir.path());
+    let started = std::time::Instant::now();
+    while !run.join("metrics.jsonl").is_file() || losses(&run).is_empty() {
+        assert!(started.elapsed().as_secs() < 120, "training did not start");
+        assert!(first.try_wait().unwrap().is_none(), "prdit exited early");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A second run, a resume and a second config into the same folder: refused, naming the holder.
+    for extra in [&[][..], &["--resume"][..]] {
+        let e = err(&train("train-local", &other, &run, extra, &[]));
+        assert!(
+            e.contains("in use by another prdit process") && e.contains(&format!("pid {}", first.id())),
+            "{e}"
+        );
+    }
+    // The holder dies without cleaning up (kill -9): its lock goes with it.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let o = train("train-local", &slow, &run, &["--resume", "--steps", "2"], &[]);
+    let out = ok(&o);
+    assert!(out.contains("finished at step 2/2"), "{out}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("taking over a stale lock"));
+}
+
+#[test]
+fn runs_resume_from_any_working_directory_and_after_a_move() {
+    let dir = tempfile::tempdir().unwrap();
+    data(dir.path(), 6);
+    let configs = dir.path().join("configs");
+    std::fs::create_dir_all(&configs).unwrap();
+    // Relative paths everywhere: the data relative to the config, the config and run to the cwd.
+    config(&configs, "run.toml", Path::new("../data"), 0, "total_steps = 4\n");
+    let o = Command::new(env!("CARGO_BIN_EXE_prdit"))
+        .args([
+            "--device",
+            "cpu",
+            "--quiet",
+            "train-local",
+            "--config",
+            "configs/run.toml",
+            "--out",
+            "runs/r",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    ok(&o);
+    let resume = |cwd: &Path, run: &Path, steps: &str| {
+        Command::new(env!("CARGO_BIN_EXE_prdit"))
+            .args(["--device", "cpu", "--quiet", "train-local", "--resume", "--steps", steps, "--out"])
+            .arg(run)
+            .current_dir(cwd)
+            .output()
+            .unwrap()
+    };
+    // The README's resume command, from the same folder, then from elsewhere.
+    let out = ok(&resume(dir.path(), Path::new("runs/r"), "6"));
+    assert!(out.contains("finished at step 6/6"), "{out}");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = ok(&resume(elsewhere.path(), &dir.path().join("runs/r"), "7"));
+    assert!(out.contains("finished at step 7/7"), "{out}");
+    // The run folder moved: it still names the same data.
+    let moved = dir.path().join("archive/r");
+    std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
+    std::fs::rename(dir.path().join("runs/r"), &moved).unwrap();
+    let out = ok(&resume(elsewhere.path(), &moved, "8"));
+    assert!(out.contains("finished at step 8/8"), "{out}");
+    let split: Value =
+        serde_json::from_str(&std::fs::read_to_string(moved.join("split.json")).unwrap()).unwrap();
+    assert!(split["train"].as_array().unwrap().iter().all(|p| Path::new(p.as_str().unwrap()).is_absolute()));
+}
+
+#[test]
+fn a_kill_while_pruning_leaves_no_torn_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 6);
+    let cfg = config(dir.path(), "run.toml", &data, 0, "total_steps = 12\nkeep_last = 1\n");
+    let run = dir.path().join("run");
+    // Checkpoint 8 is written, then pruning checkpoint 4 is killed halfway.
+    let o = train("train-local", &cfg, &run, &[], &[("PRDIT_FAULT_INJECT", "abort-in-prune:4")]);
+    assert!(!o.status.success());
+    let names = |r: &Path| -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(r.join("checkpoints"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    let left = names(&run);
+    assert!(left.iter().any(|n| n.starts_with(".old-step-000000004")), "{left:?}");
+    assert!(left.contains(&"step-000000008".to_string()), "{left:?}");
+    let o = train("train-local", &cfg, &run, &["--resume"], &[]);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("removed .old-step-000000004"));
+    assert_eq!(names(&run), ["step-000000012"]);
 }

@@ -10,6 +10,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
 use super::nifti::{is_nifti, read_volume};
+use super::pyrandom::PyRandom;
+pub use crate::config::SplitPolicy;
 use crate::config::Storage;
 use crate::error::{Error, Result};
 
@@ -80,11 +82,12 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Reads and validates every file (in parallel), each `size`³ in model space.
+    /// Reads and validates every file (in parallel), each `size`³ in model space. Every bad
+    /// file is reported, not just the first.
     pub fn load(files: &[PathBuf], size: usize, storage: Storage) -> Result<Self> {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
         let chunk = files.len().div_ceil(threads).max(1);
-        let results: Vec<Result<Vec<Voxels>>> = std::thread::scope(|s| {
+        let results: Vec<Vec<Result<Voxels>>> = std::thread::scope(|s| {
             let handles: Vec<_> = files
                 .chunks(chunk)
                 .map(|part| s.spawn(move || part.iter().map(|f| load_one(f, size, storage)).collect()))
@@ -92,8 +95,15 @@ impl Dataset {
             handles.into_iter().map(|h| h.join().expect("loader thread panicked")).collect()
         });
         let mut volumes = Vec::with_capacity(files.len());
-        for r in results {
-            volumes.extend(r?);
+        let mut problems = Vec::new();
+        for r in results.into_iter().flatten() {
+            match r {
+                Ok(v) => volumes.push(v),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::Files { what: format!("{} volumes", files.len()), problems });
         }
         Ok(Dataset { files: files.to_vec(), size, volumes })
     }
@@ -172,10 +182,20 @@ fn load_one(path: &Path, size: usize, storage: Storage) -> Result<Voxels> {
     })
 }
 
-/// Splits `n` volumes into (train, validation) indices: the last `val_count` of a seeded
-/// shuffle are held out (the official split script does the same with Python's `random`).
-pub fn split(n: usize, val_count: Option<usize>, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
-    let val = val_count.unwrap_or(if n >= 2 { ((n as f64 * 0.1).round() as usize).max(1) } else { 0 });
+/// Splits `n` volumes (sorted paths) into (train, validation) indices: the last `val_count`
+/// (default: 10 % rounded half to even as Python's `round`, at least 1 of 2 or more) of a
+/// seeded shuffle are held out. [`SplitPolicy::Official`] shuffles as the official
+/// `scripts/split_train_val.py` does (`random.Random(seed).shuffle`), so the same files and
+/// seed give the official validation set; [`SplitPolicy::Chacha`] is prdit's earlier ChaCha8
+/// shuffle.
+pub fn split(
+    n: usize,
+    val_count: Option<usize>,
+    seed: u64,
+    policy: SplitPolicy,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    let val =
+        val_count.unwrap_or(if n >= 2 { ((n as f64 * 0.1).round_ties_even() as usize).max(1) } else { 0 });
     if val >= n {
         return Err(Error::invalid(
             "data.val_count",
@@ -183,7 +203,10 @@ pub fn split(n: usize, val_count: Option<usize>, seed: u64) -> Result<(Vec<usize
         ));
     }
     let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    match policy {
+        SplitPolicy::Official => PyRandom::new(seed).shuffle(&mut order),
+        SplitPolicy::Chacha => order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed)),
+    }
     let val_idx = order.split_off(n - val);
     Ok((order, val_idx))
 }
@@ -229,6 +252,10 @@ mod tests {
         write_volume(&dir.path().join("nan.nii"), &nan, "").unwrap();
         let e = Dataset::load(&[dir.path().join("nan.nii")], 4, Storage::F32).err().unwrap().to_string();
         assert!(e.contains("nan.nii") && e.contains("voxel (1, 1, 1)"), "{e}");
+        // Every bad file is named, not just the first.
+        let all = [dir.path().join("hu.nii"), dir.path().join("a.nii"), dir.path().join("nan.nii")];
+        let e = Dataset::load(&all, 4, Storage::F32).err().unwrap().to_string();
+        assert!(e.starts_with("2 of the 3 volumes") && e.contains("hu.nii") && e.contains("nan.nii"), "{e}");
 
         let empty = tempfile::tempdir().unwrap();
         assert!(list_volumes(empty.path()).unwrap_err().to_string().contains("no .nii"));
@@ -236,13 +263,35 @@ mod tests {
 
     #[test]
     fn split_is_seeded_and_disjoint() {
-        let (t, v) = split(20, None, 42).unwrap();
-        assert_eq!((t.len(), v.len()), (18, 2));
-        assert_eq!(split(20, None, 42).unwrap(), (t.clone(), v.clone()));
-        let mut all: Vec<usize> = t.iter().chain(&v).copied().collect();
-        all.sort();
-        assert_eq!(all, (0..20).collect::<Vec<_>>());
-        assert!(split(3, Some(3), 1).is_err());
-        assert_eq!(split(1, None, 0).unwrap().1.len(), 0);
+        for policy in [SplitPolicy::Official, SplitPolicy::Chacha] {
+            let (t, v) = split(20, None, 42, policy).unwrap();
+            assert_eq!((t.len(), v.len()), (18, 2));
+            assert_eq!(split(20, None, 42, policy).unwrap(), (t.clone(), v.clone()));
+            let mut all: Vec<usize> = t.iter().chain(&v).copied().collect();
+            all.sort();
+            assert_eq!(all, (0..20).collect::<Vec<_>>());
+            assert!(split(3, Some(3), 1, policy).is_err());
+            assert_eq!(split(1, None, 0, policy).unwrap().1.len(), 0);
+        }
+    }
+
+    /// Lists printed by CPython 3.11 running the official `split_paths(list(range(n)), seed,
+    /// val_ratio=0.1)` (`scripts/split_train_val.py`).
+    #[test]
+    fn official_split_matches_python() {
+        let cases: [(usize, u64, &[usize], &[usize]); 3] = [
+            (
+                25,
+                42,
+                &[16, 12, 9, 19, 18, 6, 5, 10, 15, 21, 11, 17, 1, 14, 22, 13, 2, 23, 4, 24, 7, 8, 0],
+                &[3, 20],
+            ),
+            (15, 7, &[3, 12, 14, 7, 11, 4, 13, 9, 8, 1, 0, 10, 6], &[2, 5]),
+            (5, 0, &[2, 1, 0, 4], &[3]),
+        ];
+        for (n, seed, train, val) in cases {
+            let (t, v) = split(n, None, seed, SplitPolicy::Official).unwrap();
+            assert_eq!((t.as_slice(), v.as_slice()), (train, val), "n {n}, seed {seed}");
+        }
     }
 }

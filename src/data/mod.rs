@@ -6,6 +6,7 @@ pub mod loader;
 pub mod nifti;
 pub mod phantom;
 pub mod preview;
+pub mod pyrandom;
 pub mod volume;
 
 pub use volume::{Volume, Window};

@@ -100,27 +100,18 @@ pub fn write_volume(path: &Path, vol: &Volume, description: &str) -> Result<()> 
         descrip,
         ..NiftiHeader::default()
     };
-    // The writer derives its output name from the extension (and mangles names with dots),
-    // so it writes `out.nii[.gz]` in a scratch folder next to the target, renamed into place.
+    // The writer derives its output format from the file name (and mangles names with dots):
+    // the scratch file is `out.nii[.gz]`.
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let ext = if name.ends_with(".nii.gz") {
-        "nii.gz"
-    } else if name.ends_with(".nii") {
-        "nii"
-    } else {
+    if !(name.ends_with(".nii.gz") || name.ends_with(".nii")) {
         return Err(bad(path, "a NIfTI file name must end in .nii or .nii.gz"));
-    };
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let scratch_dir = parent.join(format!(".partial-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&scratch_dir).map_err(|e| Error::io(&scratch_dir, e))?;
-    let scratch = scratch_dir.join(format!("out.{ext}"));
-    let result = WriterOptions::new(&scratch)
-        .reference_header(&header)
-        .write_nifti_with_type(&array, NiftiType::Float32)
-        .map_err(|e| bad(path, format!("cannot write: {e}")))
-        .and_then(|_| std::fs::rename(&scratch, path).map_err(|e| Error::io(path, e)));
-    let _ = std::fs::remove_dir_all(&scratch_dir);
-    result
+    }
+    crate::fsio::write_atomic_with(path, |scratch| {
+        WriterOptions::new(scratch)
+            .reference_header(&header)
+            .write_nifti_with_type(&array, NiftiType::Float32)
+            .map_err(|e| bad(path, format!("cannot write: {e}")))
+    })
 }
 
 #[cfg(test)]

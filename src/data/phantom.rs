@@ -8,11 +8,17 @@
 //! Axes follow the NIfTI/official convention of the data pipeline: i = left→right,
 //! j = anterior→posterior (the table is at large j), k = inferior→superior.
 
+use std::path::Path;
+
 use chacha20::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
 
-use super::volume::Volume;
+use super::nifti::write_volume;
+use super::volume::{Volume, Window};
+use crate::error::{Error, Result};
+use crate::prepare::Manifest;
 
 /// Field of view of the phantom in mm (its spacing is `FOV_MM / size`).
 pub const FOV_MM: f32 = 360.0;
@@ -320,6 +326,69 @@ fn draw(vol: &mut Volume, t: &Tube, lungs: &[Lung]) {
     }
 }
 
+/// The HU window phantom datasets are written with (model space [−1, 1] ↔ HU).
+pub const WINDOW: Window = Window { min_hu: -1000.0, max_hu: 1000.0 };
+
+/// One volume of a phantom dataset, in its `dataset.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhantomRecord {
+    /// The model-space volume, at the top of the folder.
+    pub file: String,
+    /// Its HU copy (`hu/…`).
+    pub hu_file: String,
+    pub seed: u64,
+    pub shape: [usize; 3],
+    pub spacing_mm: [f32; 3],
+}
+
+/// Writes a phantom dataset into `out`: `num` chest phantoms of `size`³ with seeds `seed`,
+/// `seed + 1`, … — model-space volumes (through [`WINDOW`]) at the top, their HU copies under
+/// `hu/` — and its `dataset.json` (keys sorted, as it has always been written). Returns the
+/// manifest.
+pub fn write_dataset(out: &Path, num: usize, size: usize, seed: u64) -> Result<Manifest<PhantomRecord>> {
+    if num == 0 {
+        return Err(Error::invalid("num", "a phantom dataset needs at least 1 volume"));
+    }
+    if size < 8 {
+        return Err(Error::invalid(
+            "size",
+            format!("phantoms need an edge of at least 8 voxels, not {size}"),
+        ));
+    }
+    let hu_dir = out.join("hu");
+    std::fs::create_dir_all(&hu_dir).map_err(|e| Error::io(&hu_dir, e))?;
+    let mut volumes = Vec::with_capacity(num);
+    for seed in seed..seed + num as u64 {
+        let hu = chest_phantom(size, seed);
+        let name = format!("phantom-{seed:05}.nii.gz");
+        write_volume(&hu_dir.join(&name), &hu, &format!("prdit phantom seed {seed}, HU"))?;
+        let mut model = hu.clone();
+        model.data.iter_mut().for_each(|v| *v = WINDOW.to_model(*v));
+        write_volume(&out.join(&name), &model, &format!("prdit phantom seed {seed}, model space"))?;
+        volumes.push(PhantomRecord {
+            hu_file: format!("hu/{name}"),
+            file: name,
+            seed,
+            shape: hu.dims,
+            spacing_mm: hu.spacing,
+        });
+    }
+    let manifest = Manifest {
+        source: Some("prdit phantom".into()),
+        recipe: None,
+        options: None,
+        orientation: None,
+        size: Some(size),
+        window_hu: [WINDOW.min_hu, WINDOW.max_hu],
+        volumes,
+        failed: None,
+    };
+    let value = serde_json::to_value(&manifest).expect("a manifest serialises");
+    let json = serde_json::to_string_pretty(&value).expect("a JSON value serialises");
+    crate::fsio::write_atomic(&out.join("dataset.json"), json.as_bytes())?;
+    Ok(manifest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,5 +422,44 @@ mod tests {
                 .count()
         };
         assert!(side(0..20) > 50 && side(28..48) > 50);
+    }
+
+    #[test]
+    fn datasets_are_written_with_their_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("set");
+        let m = write_dataset(&out, 2, 8, 7).unwrap();
+        assert_eq!(m.volumes.len(), 2);
+        let hu = crate::data::nifti::read_volume(&out.join("hu/phantom-00008.nii.gz")).unwrap();
+        assert_eq!(hu.data, chest_phantom(8, 8).data);
+        let model = crate::data::nifti::read_volume(&out.join("phantom-00008.nii.gz")).unwrap();
+        assert!(model.data.iter().all(|x| (-1.0..=1.0).contains(x)));
+        // Every key it has always had, in the order it has always had (sorted).
+        let text = std::fs::read_to_string(out.join("dataset.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["size", "source", "volumes", "window_hu"]);
+        assert_eq!(v["source"], "prdit phantom");
+        assert_eq!(v["window_hu"], serde_json::json!([-1000.0, 1000.0]));
+        let r = &v["volumes"][1];
+        let keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["file", "hu_file", "seed", "shape", "spacing_mm"]);
+        assert_eq!(
+            (r["file"].as_str(), r["hu_file"].as_str(), r["seed"].as_u64()),
+            (Some("phantom-00008.nii.gz"), Some("hu/phantom-00008.nii.gz"), Some(8))
+        );
+        let pos = |k: &str| text.find(&format!("\"{k}\"")).unwrap();
+        assert!(
+            pos("size") < pos("source")
+                && pos("source") < pos("volumes")
+                && pos("volumes") < pos("window_hu")
+        );
+        // It reads back as the shared manifest type.
+        let back: Manifest<PhantomRecord> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.volumes, m.volumes);
+        assert!(back.failures().is_empty() && back.recipe.is_none());
+
+        assert!(write_dataset(&out, 0, 8, 0).unwrap_err().to_string().contains("`num`"));
+        assert!(write_dataset(&out, 1, 4, 0).unwrap_err().to_string().contains("`size`"));
     }
 }

@@ -46,20 +46,17 @@ pub fn write_preview(path: &Path, volumes: &[&Volume], lo: f32, hi: f32) -> Resu
         }
         top += h + GAP;
     }
-    let scratch = path.with_extension(format!("partial-{}.png", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let file = std::fs::File::create(&scratch)?;
-        let mut enc = png::Encoder::new(BufWriter::new(file), width as u32, height as u32);
-        enc.set_color(png::ColorType::Grayscale);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut w = enc.write_header().map_err(std::io::Error::other)?;
-        w.write_image_data(&canvas).map_err(std::io::Error::other)?;
-        w.finish().map_err(std::io::Error::other)?;
-        std::fs::rename(&scratch, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&scratch);
-        Error::io(path, e)
+    crate::fsio::write_atomic_with(path, |scratch| {
+        let write = || -> std::io::Result<()> {
+            let file = std::fs::File::create(scratch)?;
+            let mut enc = png::Encoder::new(BufWriter::new(file), width as u32, height as u32);
+            enc.set_color(png::ColorType::Grayscale);
+            enc.set_depth(png::BitDepth::Eight);
+            let mut w = enc.write_header().map_err(std::io::Error::other)?;
+            w.write_image_data(&canvas).map_err(std::io::Error::other)?;
+            w.finish().map_err(std::io::Error::other)
+        };
+        write().map_err(|e| Error::io(path, e))
     })
 }
 

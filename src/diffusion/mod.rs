@@ -4,7 +4,9 @@
 //!
 //! Python: `diffusion/ian_diffusion.py`.
 
+pub mod exact;
 pub mod noise;
+pub mod ode;
 pub mod sampler;
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -12,7 +14,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 pub use noise::{InjectedNoise, NoiseSource, SeededNoise};
 pub use sampler::{SampleOutput, Sampler, sample, time_grid};
 
-use crate::model::Prdit;
+pub use crate::denoiser::{Denoiser, split_prediction};
 
 /// Number of diffusion steps T.
 pub const NUM_TIMESTEPS: usize = 1000;
@@ -22,25 +24,6 @@ pub const NOISE_STD: f64 = 0.5;
 /// φ(t) = (π/2)·t/T.
 pub fn angle(t: f64) -> f64 {
     std::f64::consts::FRAC_PI_2 * t / NUM_TIMESTEPS as f64
-}
-
-/// Anything that predicts noise and image from a noisy volume: the network, or an analytic
-/// stand-in in tests.
-pub trait Denoiser {
-    /// - `x_t`: `[batch, 1, S, S, S]`; `t`: one diffusion time per sample
-    /// - returns `(ε̂, x̂₀)`, each `[batch, 1, S, S, S]`
-    fn predict(&self, x_t: Tensor<5>, t: &[f32]) -> (Tensor<5>, Tensor<5>);
-}
-
-impl Denoiser for Prdit {
-    fn predict(&self, x_t: Tensor<5>, t: &[f32]) -> (Tensor<5>, Tensor<5>) {
-        split_prediction(self.forward(x_t, t))
-    }
-}
-
-/// Splits the network output `[batch, 2, …]` into (ε̂, x̂₀) = (channel 0, channel 1).
-pub fn split_prediction(out: Tensor<5>) -> (Tensor<5>, Tensor<5>) {
-    (out.clone().narrow(1, 0, 1), out.narrow(1, 1, 1))
 }
 
 /// Integer diffusion times as the floats the network takes.

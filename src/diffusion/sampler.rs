@@ -2,10 +2,12 @@
 //! on the official time grid. Only the current state is kept: memory does not grow with
 //! the number of steps.
 //!
-//! Python: `diffusion/ian_diffusion.py` (`ddim_sample` = deterministic, `--new` = hot PC).
+//! Python: `diffusion/ian_diffusion.py`, `p_sample_loop` → `_generalized_steps` (deterministic)
+//! or, with `new_sampling=True` (`sample.py --new`), `_predictor_corrector_steps` (hot PC).
 
 use burn::tensor::Tensor;
 
+pub use super::ode::{Grid, Solver};
 use super::{Denoiser, NUM_TIMESTEPS, NoiseSource, angle};
 use crate::error::{Error, Result};
 
@@ -17,6 +19,8 @@ pub enum Sampler {
     /// The "hot" predictor–corrector: an Euler jump `k` steps down, then an exact forward
     /// re-noising back up to the next grid time (k = 1 is the deterministic sampler).
     PredictorCorrector { k: usize },
+    /// A few-step ODE solver (not in the official code) on its grid: [`super::ode`].
+    Ode { solver: Solver, grid: Grid },
 }
 
 impl Default for Sampler {
@@ -34,6 +38,17 @@ pub struct SampleOutput {
     pub x0: Tensor<5>,
 }
 
+/// Network calls of `steps` steps of `sampler`.
+pub fn network_calls(sampler: Sampler, steps: usize) -> Result<usize> {
+    match sampler {
+        Sampler::Ode { solver, .. } => {
+            super::ode::times(steps, Grid::Uniform)?;
+            Ok(super::ode::network_calls(solver, steps))
+        }
+        _ => Ok(time_grid(steps)?.len()),
+    }
+}
+
 /// The official grid for `steps` steps: `skip = T / steps`, `seq = 0, skip, 2·skip, … < T`,
 /// `next = [0, seq₀, …]`; returns the `(i, j)` pairs in sampling order (i descending).
 /// There is one network call per pair: ⌈T/skip⌉ calls, equal to `steps` when it divides T.
@@ -47,10 +62,10 @@ pub fn time_grid(steps: usize) -> Result<Vec<(usize, usize)>> {
     Ok(seq.into_iter().zip(next).rev().collect())
 }
 
-/// The jump `k` of a sampler (1 for the deterministic one).
-fn jump(sampler: Sampler) -> Result<usize> {
+/// The jump `k` of a sampler (1 for the deterministic one); an error for k = 0.
+pub fn jump(sampler: Sampler) -> Result<usize> {
     match sampler {
-        Sampler::Deterministic => Ok(1),
+        Sampler::Deterministic | Sampler::Ode { .. } => Ok(1),
         Sampler::PredictorCorrector { k: 0 } => {
             Err(Error::invalid("k", "the predictor–corrector jump k must be at least 1"))
         }
@@ -67,6 +82,9 @@ pub fn step(
     sampler: Sampler,
     noise: &mut dyn NoiseSource,
 ) -> Result<(Tensor<5>, Tensor<5>)> {
+    if let Sampler::Ode { .. } = sampler {
+        return Err(Error::invalid("sampler", "an ODE solver runs whole (`sample`), not by official steps"));
+    }
     let k = jump(sampler)?;
     let [batch, ..] = x.dims();
     let device = x.device();
@@ -88,9 +106,10 @@ pub fn step(
     Ok((x, x0_hat))
 }
 
-/// Runs `sampler` from `x_start` (at the grid's first time, `seq[-1]`) for `steps` steps.
-/// `noise` supplies the corrector noise (already scaled by 0.5), drawn once per
-/// predictor–corrector step in step order; `on_step(done, total)` reports progress.
+/// Runs `sampler` from `x_start` (at the grid's first time, `seq[-1]`; t = 999 for the ODE
+/// solvers) for `steps` steps. `noise` supplies the corrector noise (already scaled by 0.5),
+/// drawn once per predictor–corrector step in step order; `on_step(done, total)` reports
+/// progress in network calls.
 pub fn sample(
     model: &impl Denoiser,
     x_start: Tensor<5>,
@@ -99,6 +118,10 @@ pub fn sample(
     noise: &mut dyn NoiseSource,
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<SampleOutput> {
+    if let Sampler::Ode { solver, grid } = sampler {
+        let (x, x0) = super::ode::solve(model, x_start, steps, solver, grid, on_step)?;
+        return Ok(SampleOutput { x, x0 });
+    }
     let grid = time_grid(steps)?;
     jump(sampler)?;
     let mut x = x_start;

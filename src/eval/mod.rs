@@ -3,6 +3,8 @@
 //! range and the number of volumes; real-set features are cached by the weights' hash and
 //! the preset, so evaluating many checkpoints costs one pass over the real data.
 
+pub mod diversity;
+pub mod fid;
 pub mod msssim;
 pub mod resnet;
 pub mod stats;
@@ -69,6 +71,32 @@ impl Range {
     }
 }
 
+/// A named protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// LIDC-IDRI: 128³, [−1, 1], 1000 volumes (the official evaluation with PRDiT-FM's
+    /// loader fixes).
+    Lidc,
+    /// RAD-ChestCT: as `lidc`.
+    RadChestct,
+    /// The volumes as they are, all of them.
+    #[value(name = "none")]
+    #[serde(rename = "none")]
+    AsGiven,
+}
+
+impl Preset {
+    /// Its name (`lidc`, `rad-chestct`, `none`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Lidc => "lidc",
+            Preset::RadChestct => "rad-chestct",
+            Preset::AsGiven => "none",
+        }
+    }
+}
+
 /// A protocol: what the network sees and how many volumes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Protocol {
@@ -82,16 +110,14 @@ pub struct Protocol {
 }
 
 impl Protocol {
-    /// The named presets: `lidc` and `rad-chestct` (128³, [−1, 1], 1000 volumes each, as the
-    /// official evaluation with PRDiT-FM's loader fixes) and `none` (volumes as they are).
-    pub fn preset(name: &str) -> Result<Self> {
-        let p = |size, range, num| Protocol { name: name.to_string(), size, range, num };
-        match name {
-            "lidc" | "rad-chestct" => Ok(p(Some(128), Some(Range::MinusOneOne), Some(1000))),
-            "none" => Ok(p(None, None, None)),
-            other => {
-                Err(Error::invalid("--preset", format!("`{other}` is not one of lidc, rad-chestct, none")))
-            }
+    /// The protocol of a preset: `lidc` and `rad-chestct` (128³, [−1, 1], 1000 volumes each,
+    /// as the official evaluation with PRDiT-FM's loader fixes) and `none` (volumes as they
+    /// are).
+    pub fn of(preset: Preset) -> Self {
+        let p = |size, range, num| Protocol { name: preset.name().to_string(), size, range, num };
+        match preset {
+            Preset::Lidc | Preset::RadChestct => p(Some(128), Some(Range::MinusOneOne), Some(1000)),
+            Preset::AsGiven => p(None, None, None),
         }
     }
 }
@@ -112,14 +138,18 @@ fn pool_to(v: &Volume, size: usize, path: &Path) -> Result<Volume> {
 }
 
 /// The volumes of a set, read, validated and prepared as the protocol says.
+/// Every bad file is listed (not only the first), and all volumes must have one shape.
 pub fn prepare_set(source: &Path, protocol: &Protocol, fake: bool) -> Result<(Vec<PathBuf>, Vec<Volume>)> {
     let mut files = list_volumes(source)?;
+    if protocol.num == Some(0) {
+        return Err(Error::invalid("num", "the number of volumes to evaluate must be at least 1"));
+    }
     if let Some(n) = protocol.num {
         if files.len() < n {
             return Err(Error::data(
                 source,
                 format!(
-                    "the {} protocol uses {n} volumes, this set has {} (use --num to evaluate fewer)",
+                    "the {} protocol uses {n} volumes, this set has {} (set a number of volumes to evaluate fewer)",
                     protocol.name,
                     files.len()
                 ),
@@ -128,42 +158,69 @@ pub fn prepare_set(source: &Path, protocol: &Protocol, fake: bool) -> Result<(Ve
         files.truncate(n);
     }
     let mut volumes = Vec::with_capacity(files.len());
+    let mut problems = Vec::new();
     for f in &files {
-        let mut v = read_volume(f)?;
-        if let Some(i) = v.first_non_finite() {
-            return Err(Error::data(f, format!("voxel {i} is not a finite number")));
+        match prepare_volume(f, protocol, fake) {
+            Ok(v) => volumes.push(v),
+            Err(e) => problems.push(e.to_string()),
         }
-        let (lo, hi) = v.min_max();
-        let range = Range::of(lo, hi);
-        if protocol.range == Some(Range::MinusOneOne) {
-            // Real volumes must be model space; generated ones may overshoot a little and are
-            // clamped (PRDiT-FM's loader), but a [0, 1] or HU set is a different scale.
-            let ok = if fake {
-                lo > -1.5 && hi < 1.5 && range != Range::ZeroOne
-            } else {
-                range == Range::MinusOneOne
-            };
-            if !ok {
-                return Err(Error::data(
-                    f,
-                    format!(
-                        "values span [{lo}, {hi}] ({}), but the {} protocol evaluates {} volumes",
-                        range.describe(),
-                        protocol.name,
-                        Range::MinusOneOne.describe()
-                    ),
+    }
+    if problems.is_empty()
+        && let Some(first) = volumes.first()
+    {
+        for (f, v) in files.iter().zip(&volumes) {
+            if v.dims != first.dims {
+                problems.push(format!(
+                    "{}: shape {:?}, but {} has {:?} (a set has one shape)",
+                    f.display(),
+                    v.dims,
+                    files[0].display(),
+                    first.dims
                 ));
             }
-            if fake {
-                v.data.iter_mut().for_each(|x| *x = x.clamp(-1.0, 1.0));
-            }
         }
-        if let Some(size) = protocol.size {
-            v = pool_to(&v, size, f)?;
-        }
-        volumes.push(v);
+    }
+    if !problems.is_empty() {
+        return Err(Error::Files {
+            what: format!("{} volumes in {}", files.len(), source.display()),
+            problems,
+        });
     }
     Ok((files, volumes))
+}
+
+/// One volume of a set, read, checked and prepared as the protocol says.
+fn prepare_volume(f: &Path, protocol: &Protocol, fake: bool) -> Result<Volume> {
+    let mut v = read_volume(f)?;
+    if let Some(i) = v.first_non_finite() {
+        return Err(Error::data(f, format!("voxel {i} is not a finite number")));
+    }
+    let (lo, hi) = v.min_max();
+    let range = Range::of(lo, hi);
+    if protocol.range == Some(Range::MinusOneOne) {
+        // Real volumes must be model space; generated ones may overshoot a little and are
+        // clamped (PRDiT-FM's loader), but a [0, 1] or HU set is a different scale.
+        let ok =
+            if fake { lo > -1.5 && hi < 1.5 && range != Range::ZeroOne } else { range == Range::MinusOneOne };
+        if !ok {
+            return Err(Error::data(
+                f,
+                format!(
+                    "values span [{lo}, {hi}] ({}), but the {} protocol evaluates {} volumes",
+                    range.describe(),
+                    protocol.name,
+                    Range::MinusOneOne.describe()
+                ),
+            ));
+        }
+        if fake {
+            v.data.iter_mut().for_each(|x| *x = x.clamp(-1.0, 1.0));
+        }
+    }
+    if let Some(size) = protocol.size {
+        v = pool_to(&v, size, f)?;
+    }
+    Ok(v)
 }
 
 /// Checks that two sets are in the same intensity range (the error names an example).
@@ -227,7 +284,7 @@ pub fn extract(
         );
         let f = net.forward(x);
         d = f.dims()[1];
-        let values: Vec<f32> = f.into_data().try_into_vec_as().unwrap_or_default();
+        let values = crate::device::to_host(f, "features")?;
         data.extend(values.into_iter().map(|v| v as f64));
         progress((n + 1) * batch.max(1));
     }
@@ -281,5 +338,5 @@ pub fn write_cache(path: &Path, f: &Features) -> Result<()> {
         .map_err(|e| Error::data(path, format!("cannot encode features: {e}")))?;
     let encoded = safetensors::serialize(vec![("features", view)], None)
         .map_err(|e| Error::data(path, e.to_string()))?;
-    crate::train::run::write_atomic(path, &encoded)
+    crate::fsio::write_atomic(path, &encoded)
 }

@@ -43,17 +43,26 @@ pub struct PrditConfig {
     pub frequency_size: usize,
 }
 
+/// Input channels unless given (CT: 1).
+pub const DEFAULT_IN_CHANNELS: usize = 1;
+/// Output channels: (noise, image), the IaN parameterisation.
+pub const OUT_CHANNELS: usize = 2;
+/// Transformer MLP width as a multiple of H unless given (official: 4).
+pub const DEFAULT_MLP_RATIO: f64 = 4.0;
+/// Width of the sinusoidal timestep features unless given (official: 256).
+pub const DEFAULT_FREQUENCY_SIZE: usize = 256;
+
 fn one() -> usize {
-    1
+    DEFAULT_IN_CHANNELS
 }
 fn two() -> usize {
-    2
+    OUT_CHANNELS
 }
 fn four() -> f64 {
-    4.0
+    DEFAULT_MLP_RATIO
 }
 fn freq() -> usize {
-    256
+    DEFAULT_FREQUENCY_SIZE
 }
 
 /// Hidden width of the patch embedder's MLP as a multiple of H (fixed, spec §5.1).
@@ -100,19 +109,48 @@ impl PrditConfig {
         };
         let cfg = PrditConfig {
             input_size,
-            in_channels: 1,
-            out_channels: 2,
+            in_channels: DEFAULT_IN_CHANNELS,
+            out_channels: OUT_CHANNELS,
             patch_size,
             stride,
             padding,
             hidden_size,
             num_heads,
             depth,
-            mlp_ratio: 4.0,
-            frequency_size: 256,
+            mlp_ratio: DEFAULT_MLP_RATIO,
+            frequency_size: DEFAULT_FREQUENCY_SIZE,
         };
         cfg.validate().map_err(|e| bad(e.to_string()))?;
         Ok(cfg)
+    }
+
+    /// A small network with every code path of PRDiT (both stages, overlapping reflect-padded
+    /// windows) for tests: 16³ volumes, XS width, 4³ windows at stride 2 with padding 1, two
+    /// blocks — the shapes of the official parity fixture and `configs/tiny-model.toml`.
+    pub fn tiny() -> Self {
+        PrditConfig {
+            input_size: 16,
+            in_channels: DEFAULT_IN_CHANNELS,
+            out_channels: OUT_CHANNELS,
+            patch_size: 4,
+            stride: 2,
+            padding: 1,
+            hidden_size: 192,
+            num_heads: 6,
+            depth: 2,
+            mlp_ratio: DEFAULT_MLP_RATIO,
+            frequency_size: DEFAULT_FREQUENCY_SIZE,
+        }
+    }
+
+    /// The paper's LIDC model, `PRDiT-B/12/4` at 128³ (its stage 1 is `depth: 0`).
+    pub fn paper_lidc() -> Self {
+        Self::from_name("PRDiT-B/12/4", 128).expect("the paper's configuration is valid")
+    }
+
+    /// The paper's RAD-ChestCT model, `PRDiT-XL/12/4` at 128³.
+    pub fn paper_rad_chestct() -> Self {
+        Self::from_name("PRDiT-XL/12/4", 128).expect("the paper's configuration is valid")
     }
 
     /// The official name when the fields match the standard grammar, else a descriptive one.
@@ -349,6 +387,18 @@ mod tests {
             assert_eq!(c.param_counts().coarse, n, "P={p}");
             assert_eq!(c.padding, (p - 8) / 2);
         }
+    }
+
+    #[test]
+    fn presets_are_valid_and_match_their_files() {
+        let tiny = PrditConfig::tiny();
+        tiny.validate().unwrap();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/tiny-model.toml");
+        let file: PrditConfig = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(file, tiny);
+        assert_eq!(PrditConfig::paper_lidc().name(), "PRDiT-B/12/4");
+        assert_eq!(PrditConfig::paper_rad_chestct().name(), "PRDiT-XL/12/4");
+        assert_eq!(PrditConfig::paper_lidc().input_size, 128);
     }
 
     #[test]

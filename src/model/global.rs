@@ -34,12 +34,14 @@ impl PatchEmbedder {
         Ok(PatchEmbedder {
             fc1: src.linear(&format!("{prefix}.fc1"), token_dim, inner, true, x)?,
             fc2: src.linear(&format!("{prefix}.fc2"), inner, hidden, true, x)?,
+            // Official `_init_fine_path`: the skip at Xavier gain 0.1 regardless of the
+            // re-initialisation's gain.
             skip: src.linear(
                 &format!("{prefix}.skip"),
                 token_dim,
                 hidden,
                 false,
-                Init::Xavier { gain: 0.1 },
+                Init::XavierFixed { gain: 0.1 },
             )?,
             norm: src.layer_norm(&format!("{prefix}.norm"), hidden, 1e-5)?,
         })

@@ -18,7 +18,7 @@ use super::network::Network;
 use super::patch::{extract_patches, unpatchify};
 use super::resample::{nearest, trilinear};
 use super::{Prdit, PrditConfig};
-use crate::diffusion::{Denoiser, split_prediction};
+use crate::denoiser::{Denoiser, split_prediction};
 use crate::error::{Error, Result};
 
 /// The refinement model's shapes.
@@ -179,9 +179,10 @@ impl PrditSr {
         self
     }
 
-    /// Phase 3b: the base trains too, except its stage 1 (frozen inside PRDiT, as official).
+    /// Phase 3b: the base trains too — its transformer, fine head and the shared trunk — except
+    /// its coarse branch and coarse head, which the official forward runs without gradient.
     pub fn finetune_base(mut self) -> Self {
-        self.base = self.base.freeze_stage1();
+        self.base = self.base.freeze_coarse_branch();
         self.base_frozen = false;
         self
     }

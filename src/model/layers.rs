@@ -28,8 +28,12 @@ pub fn layer_norm_plain(x: Tensor<3>) -> Tensor<3> {
 /// How a freshly built parameter is initialised (spec §4.5, §5).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {
-    /// Xavier-uniform: U(−a, a), a = gain·√(6 / (fan_in + fan_out)); bias 0.
+    /// Xavier-uniform: U(−a, a), a = gain·√(6 / (fan_in + fan_out)); bias 0. A source's gain
+    /// (the stage-2 re-initialisation's 0.1) multiplies `gain`.
     Xavier { gain: f64 },
+    /// Xavier-uniform with a gain that a source's gain does not scale: the patch embedder's
+    /// skip, which the official code initialises at 0.1 whatever the re-initialisation's gain.
+    XavierFixed { gain: f64 },
     /// Weight N(0, std²); bias 0.
     Normal { std: f64 },
     /// Weight and bias 0 (adaLN-Zero and output layers).
@@ -104,8 +108,9 @@ impl ParamSource for InitSource {
     fn linear(&mut self, _key: &str, d_in: usize, d_out: usize, bias: bool, init: Init) -> Result<Linear> {
         let n = d_in * d_out;
         let weight: Vec<f32> = match init {
-            Init::Xavier { gain } => {
-                let a = (gain * self.gain * (6.0 / (d_in + d_out) as f64).sqrt()) as f32;
+            Init::Xavier { gain } | Init::XavierFixed { gain } => {
+                let scale = if matches!(init, Init::Xavier { .. }) { self.gain } else { 1.0 };
+                let a = (gain * scale * (6.0 / (d_in + d_out) as f64).sqrt()) as f32;
                 (0..n).map(|_| self.rng.random_range(-a..=a)).collect()
             }
             Init::Normal { std } => (0..n)

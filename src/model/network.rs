@@ -6,7 +6,7 @@ use burn::tensor::Device;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::diffusion::Denoiser;
+use crate::denoiser::Denoiser;
 use crate::error::Result;
 
 /// A trainable, savable, sampleable network.

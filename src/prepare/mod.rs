@@ -26,11 +26,15 @@ use ops::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Recipe {
-    /// LIDC-IDRI (official): 1 mm isotropic, 256 mm field of view, window [−1000, the
-    /// volume's 99.9th percentile].
+    /// LIDC-IDRI, after the official recipe: 1 mm isotropic (resampled trilinearly here; the
+    /// official script uses a cubic spline), 256 mm field of view, clipped below −1000, window
+    /// up to the 99.9th percentile (here of the pooled volume; the official script takes it of
+    /// the 256³ crop, before the loader pools).
     Lidc,
-    /// RAD-ChestCT (official): no resampling, 256-voxel field of view, clip [−1000, 1000],
-    /// then the volume's 99.5th percentile as the upper bound.
+    /// RAD-ChestCT, after the official recipe: no resampling, clip [−1000, 1000], 256-voxel
+    /// field of view, then the 99.5th percentile as the upper bound (here after a 2×2×2 mean;
+    /// the official script zooms linearly first, and keeps its data in [0, 1] where prdit
+    /// writes [−1, 1]).
     RadChestct,
     /// Your choice: `--spacing` (default: keep), `--fov` (default: the largest extent, so
     /// nothing is cropped), `--window` (default −1000,1000).
@@ -88,7 +92,7 @@ pub struct Record {
     /// The HU window mapped onto [−1, 1] for this volume.
     pub window_hu: [f32; 2],
     pub stats_hu: Stats,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     pub seconds: f64,
 }
@@ -105,17 +109,41 @@ pub struct Stats {
     pub lung_fraction: f64,
 }
 
-/// `dataset.json`.
+/// `dataset.json`, next to a folder of training volumes: written by `prdit prepare` (volume
+/// records `V` = [`Record`]) and by `prdit phantom` (`V` =
+/// [`PhantomRecord`](crate::data::phantom::PhantomRecord)). Training reads `window_hu`; fields
+/// that only one writer fills are left out of the other's file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Manifest {
-    pub recipe: Recipe,
-    pub options: PrepareOptions,
-    pub orientation: String,
+pub struct Manifest<V = Record> {
+    /// What made the volumes, when not `prepare` (`prdit phantom`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// `prepare`: the recipe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<Recipe>,
+    /// `prepare`: all its options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<PrepareOptions>,
+    /// `prepare`: the axis order of the volumes (`LPS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orientation: Option<String>,
+    /// `phantom`: the volume edge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
     /// Representative window for mapping generated volumes back to HU (`sample --hu`): the
     /// recipe's fixed window, or the median of the per-volume windows.
     pub window_hu: [f32; 2],
-    pub volumes: Vec<Record>,
-    pub failed: Vec<Failure>,
+    pub volumes: Vec<V>,
+    /// `prepare`: the inputs that could not be prepared (written even when empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<Vec<Failure>>,
+}
+
+impl<V> Manifest<V> {
+    /// The inputs that could not be prepared (none for a phantom set).
+    pub fn failures(&self) -> &[Failure] {
+        self.failed.as_deref().unwrap_or_default()
+    }
 }
 
 /// An input that could not be prepared.
@@ -268,7 +296,8 @@ pub fn process(v: &Volume, opts: &PrepareOptions) -> (Volume, [f32; 2], Stats) {
     }
     let fov = fov.unwrap_or_else(|| *v.dims.iter().max().expect("3 dims"));
     let v = crop_or_pad(&v, [fov; 3], AIR_HU);
-    // The official pipeline average-pools 256 → 128; other ratios are resized trilinearly.
+    // Integer ratios by averaging (the official LIDC loader's AvgPool3d(2) for 256 → 128),
+    // other ratios trilinearly.
     let mut v = if fov == opts.size {
         v
     } else if fov % opts.size == 0 {
@@ -305,8 +334,9 @@ fn stats(v: &Volume) -> Stats {
 }
 
 /// Prepares every input into `out` with `jobs` threads, reporting progress as
-/// (done, total). Writes `dataset.json`; returns it (its `failed` lists what could not be
-/// prepared — the caller decides whether that is an error).
+/// (done, total). Writes `dataset.json`; returns it (its [`Manifest::failures`] are what could
+/// not be prepared — the caller decides whether that is an error). No input at all, or none
+/// that could be prepared, is an error listing every failure, and no `dataset.json` is written.
 pub fn run(
     inputs: &[Input],
     failed: Vec<Failure>,
@@ -315,7 +345,17 @@ pub fn run(
     jobs: usize,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Manifest> {
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let listed = |failed: &[Failure]| -> Vec<String> {
+        failed.iter().map(|f| format!("{}: {}", f.source.display(), f.reason)).collect()
+    };
+    if inputs.is_empty() {
+        let mut problems = listed(&failed);
+        if problems.is_empty() {
+            problems.push("no NIfTI file or DICOM series among the inputs".into());
+        }
+        return Err(Error::Files { what: "inputs".into(), problems });
+    }
+    let _lock = crate::fsio::FolderLock::acquire(out)?;
     let mut taken = std::collections::BTreeSet::new();
     let names: Vec<String> = inputs.iter().map(|i| output_name(i, &mut taken)).collect();
     let next = AtomicUsize::new(0);
@@ -346,6 +386,9 @@ pub fn run(
             Err(reason) => failed.push(Failure { source: inputs[i].source().to_path_buf(), reason }),
         }
     }
+    if volumes.is_empty() {
+        return Err(Error::Files { what: format!("{} inputs", failed.len()), problems: listed(&failed) });
+    }
     let window_hu = match (opts.window, opts.recipe) {
         (Some(w), _) => w,
         (None, Recipe::Generic) => [-1000.0, 1000.0],
@@ -357,15 +400,17 @@ pub fn run(
         }
     };
     let manifest = Manifest {
-        recipe: opts.recipe,
-        options: opts.clone(),
-        orientation: "LPS".into(),
+        source: None,
+        recipe: Some(opts.recipe),
+        options: Some(opts.clone()),
+        orientation: Some("LPS".into()),
+        size: None,
         window_hu,
         volumes,
-        failed,
+        failed: Some(failed),
     };
     let json = serde_json::to_string_pretty(&manifest).expect("serialises");
-    crate::train::run::write_atomic(&out.join("dataset.json"), json.as_bytes())?;
+    crate::fsio::write_atomic(&out.join("dataset.json"), json.as_bytes())?;
     Ok(manifest)
 }
 
@@ -389,4 +434,35 @@ fn prepare_one(input: &Input, name: &str, out: &Path, opts: &PrepareOptions) -> 
         warnings,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataset_json_keeps_its_keys_and_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let hu = dir.path().join("hu");
+        crate::data::phantom::write_dataset(dir.path(), 1, 16, 3).unwrap();
+        let opts =
+            PrepareOptions { recipe: Recipe::Generic, size: 8, window: None, spacing_mm: None, fov: None };
+        let (inputs, failed) = discover(&[hu, dir.path().join("missing.nii.gz")]);
+        let out = dir.path().join("prepared");
+        let m = run(&inputs, failed, &out, &opts, 1, &|_, _| {}).unwrap();
+        assert_eq!((m.volumes.len(), m.failures().len()), (1, 1));
+        let text = std::fs::read_to_string(out.join("dataset.json")).unwrap();
+        let pos =
+            |k: &str| text.find(&format!("\n  \"{k}\"")).unwrap_or_else(|| panic!("{k} missing: {text}"));
+        let order = ["recipe", "options", "orientation", "window_hu", "volumes", "failed"].map(pos);
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(!text.contains("\n  \"source\"") && !text.contains("\n  \"size\""), "{text}");
+        let back: Manifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.recipe, Some(Recipe::Generic));
+        assert_eq!(back.window_hu, [-1000.0, 1000.0]);
+        // An empty failure list is still written.
+        let clean = Manifest { failed: Some(Vec::new()), ..back };
+        let v = serde_json::to_value(&clean).unwrap();
+        assert_eq!(v["failed"], serde_json::json!([]));
+    }
 }

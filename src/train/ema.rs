@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ParamId};
 use burn::tensor::Tensor;
 
-use crate::weights::export::{official_key, params};
+use crate::weights::export::{KeyedMapper, map_params, params};
 
 /// The trainable parameters of `model` (on its inner device), by official key, flattened.
 fn live_params<M: Module>(model: &M) -> HashMap<String, Tensor<1>> {
@@ -20,28 +20,19 @@ pub fn ema_update<M: Module>(ema: M, model: &M, decay: f64) -> M {
     struct Lerp {
         live: HashMap<String, Tensor<1>>,
         decay: f64,
-        path: Vec<String>,
     }
-    impl ModuleMapper for Lerp {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let (id, tensor, mapper) = param.consume();
-            let tensor = match self.live.remove(&official_key(&self.path)) {
+    impl KeyedMapper for Lerp {
+        fn map<const D: usize>(&mut self, key: &str, _id: ParamId, value: Tensor<D>) -> Tensor<D> {
+            match self.live.remove(key) {
                 Some(live) => {
-                    let dims = tensor.dims();
-                    tensor * self.decay + live.reshape(dims) * (1.0 - self.decay)
+                    let dims = value.dims();
+                    value * self.decay + live.reshape(dims) * (1.0 - self.decay)
                 }
-                None => tensor,
-            };
-            Param::from_mapped_value(id, tensor, mapper)
+                None => value,
+            }
         }
     }
-    ema.map(&mut Lerp { live: live_params(model), decay, path: Vec::new() })
+    map_params(ema, &mut Lerp { live: live_params(model), decay })
 }
 
 #[cfg(test)]
@@ -49,13 +40,13 @@ mod tests {
     use super::*;
     use crate::model::{Prdit, PrditConfig};
     use crate::weights::export::state_dict;
+    use burn::module::{ModuleMapper, Param};
     use burn::tensor::Device;
 
     #[test]
     fn decay_zero_copies_and_half_averages_trainable_only() {
         let device = Device::flex().autodiff();
-        let mut cfg = PrditConfig::from_name("PRDiT-XS/4/0", 16).unwrap();
-        (cfg.depth, cfg.stride, cfg.padding) = (1, 2, 1);
+        let cfg = PrditConfig { depth: 1, ..PrditConfig::tiny() };
         let a = Prdit::init(&cfg, 1, &device).unwrap().freeze_stage1();
         let ema = a.valid();
         // A model with other values under the same parameter ids.

@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
-use crate::weights::export::{official_key, params};
+use crate::weights::export::{KeyedMapper, map_params, params};
 
 /// Hyper-parameters of AdamW.
 #[derive(Debug, Clone, Copy)]
@@ -21,6 +21,13 @@ pub struct AdamWConfig {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+}
+
+impl AdamWConfig {
+    /// The settings of `[train]` (betas, ε, weight decay).
+    pub fn from_train(t: &crate::config::TrainSection) -> Self {
+        AdamWConfig { beta1: t.betas[0], beta2: t.betas[1], eps: t.eps, weight_decay: t.weight_decay }
+    }
 }
 
 /// First and second moments of one parameter, flattened.
@@ -54,6 +61,17 @@ impl AdamW {
         self.state.len()
     }
 
+    /// The first and second moments (`exp_avg`, `exp_avg_sq`) of the parameter with official
+    /// key `key`, flattened in Burn's layout (see [`crate::weights::export::official_layout`]).
+    pub fn moments(&self, key: &str) -> Option<(Tensor<1>, Tensor<1>)> {
+        self.state.get(key).map(|s| (s.m.clone(), s.v.clone()))
+    }
+
+    /// Official keys of the parameters that have state.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.state.keys().map(String::as_str)
+    }
+
     /// Whether no state exists yet.
     pub fn is_empty(&self) -> bool {
         self.state.is_empty()
@@ -78,9 +96,8 @@ impl AdamW {
             scale,
             bias1: 1.0 - self.cfg.beta1.powi(t),
             bias2: 1.0 - self.cfg.beta2.powi(t),
-            path: Vec::new(),
         };
-        model.map(&mut mapper)
+        map_params(model, &mut mapper)
     }
 
     /// Writes the state (burnpack: `{key}.exp_avg`, `{key}.exp_avg_sq`, step count in metadata).
@@ -92,12 +109,14 @@ impl AdamW {
                 tensors.push(burn_pack::Tensor::new(format!("{key}.{suffix}"), dtype, shape, None, bytes));
             }
         }
-        burn_pack::Writer::new(tensors)
-            .with_metadata("prdit.format", FORMAT)
-            .with_metadata("prdit.steps", &self.steps.to_string())
-            .auto_extension(false)
-            .write_to_file(path)
-            .map_err(|e| Error::weights(path, format!("cannot write the optimizer state: {e}")))
+        crate::fsio::write_atomic_with(path, |scratch| {
+            burn_pack::Writer::new(tensors)
+                .with_metadata("prdit.format", FORMAT)
+                .with_metadata("prdit.steps", &self.steps.to_string())
+                .auto_extension(false)
+                .write_to_file(scratch)
+                .map_err(|e| Error::weights(path, format!("cannot write the optimizer state: {e}")))
+        })
     }
 
     /// Reads a state written by [`save`](Self::save) onto `device`; every key of `expected`
@@ -119,6 +138,12 @@ impl AdamW {
             let (name, dtype, shape, _, bytes) =
                 t.into_parts().map_err(|e| bad(format!("cannot read a tensor: {e}")))?;
             let data = TensorData::from_bytes(bytes, shape, dtype);
+            let values = data
+                .try_to_vec::<f32>()
+                .map_err(|e| bad(format!("`{name}` is not a float32 tensor: {e:?}")))?;
+            if let Some(problem) = crate::weights::non_finite(&values) {
+                return Err(bad(format!("`{name}` {problem}")));
+            }
             parts.insert(name, Tensor::from_data(data, device));
         }
         let mut state = BTreeMap::new();
@@ -148,22 +173,12 @@ struct Update<'a> {
     scale: Option<Tensor<1>>,
     bias1: f64,
     bias2: f64,
-    path: Vec<String>,
 }
 
-impl ModuleMapper for Update<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let (id, tensor, mapper) = param.consume();
+impl KeyedMapper for Update<'_> {
+    fn map<const D: usize>(&mut self, key: &str, id: ParamId, tensor: Tensor<D>) -> Tensor<D> {
         let Some(grad) = self.grads.remove::<D>(id) else {
-            return Param::from_mapped_value(id, tensor, mapper);
+            return tensor;
         };
         let dims = tensor.dims();
         let n = dims.iter().product::<usize>();
@@ -174,9 +189,7 @@ impl ModuleMapper for Update<'_> {
             g = g * s.clone();
         }
         let c = self.cfg;
-        let key = official_key(&self.path);
-        let prev = self.state.remove(&key);
-        let (m, v) = match prev {
+        let (m, v) = match self.state.remove(key) {
             Some(Moments { m, v }) => {
                 (m * c.beta1 + g.clone() * (1.0 - c.beta1), v * c.beta2 + g.square() * (1.0 - c.beta2))
             }
@@ -185,12 +198,9 @@ impl ModuleMapper for Update<'_> {
         let denom = (v.clone() / self.bias2).sqrt() + c.eps;
         let mut theta = if c.weight_decay > 0.0 { theta * (1.0 - self.lr * c.weight_decay) } else { theta };
         theta = theta - (m.clone() / self.bias1) / denom * self.lr;
-        self.state.insert(key, Moments { m, v });
-        let mut updated = Tensor::from_inner(theta.reshape(dims));
-        if require_grad {
-            updated = updated.require_grad();
-        }
-        Param::from_mapped_value(id, updated, mapper)
+        self.state.insert(key.to_string(), Moments { m, v });
+        let updated = Tensor::from_inner(theta.reshape(dims));
+        if require_grad { updated.require_grad() } else { updated }
     }
 }
 

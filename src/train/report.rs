@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
@@ -46,17 +46,10 @@ impl Reporter {
             if !body.is_empty() {
                 body.push('\n');
             }
-            super::run::write_atomic(path, body.as_bytes())?;
+            crate::fsio::write_atomic(path, body.as_bytes())?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
-        let bar = progress.then(|| {
-            let bar = ProgressBar::new(total).with_position(step);
-            bar.set_style(
-                ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}")
-                    .expect("valid template"),
-            );
-            bar
-        });
+        let bar = crate::progress::bar(total, "steps", progress).map(|b| b.with_position(step));
         Ok(Reporter {
             path: path.to_path_buf(),
             file,

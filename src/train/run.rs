@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
+use crate::fsio::fsync_dir;
 
 /// Which training stage a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,32 +98,6 @@ pub struct RunDir {
     pub root: PathBuf,
 }
 
-fn fsync_dir(dir: &Path) {
-    if let Ok(f) = fs::File::open(dir) {
-        let _ = f.sync_all();
-    }
-}
-
-/// Writes `contents` to `path` atomically (scratch file, fsync, rename).
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    let scratch = path.with_extension(format!("partial-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = fs::File::create(&scratch)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        fs::rename(&scratch, path)?;
-        if let Some(parent) = path.parent() {
-            fsync_dir(parent);
-        }
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&scratch);
-        Error::io(path, e)
-    })
-}
-
 impl RunDir {
     /// Opens (creating if needed) a run directory.
     pub fn create(root: &Path) -> Result<Self> {
@@ -158,17 +133,26 @@ impl RunDir {
         Ok(self.checkpoints_list()?.pop())
     }
 
-    /// Removes scratch folders left by an interrupted checkpoint write; returns their names.
+    /// Removes what an interrupted process left: scratch folders of a checkpoint write, folders
+    /// of a pruning, and checkpoint folders missing files (killed while being deleted);
+    /// returns their names. Only while holding the run folder's lock.
     pub fn clean_partial(&self) -> Result<Vec<String>> {
         let dir = self.checkpoints();
         let mut removed = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
             let entry = entry.map_err(|e| Error::io(&dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".partial-") || name.starts_with(".old-") {
-                let _ = fs::remove_dir_all(entry.path());
+            let torn = name.starts_with("step-") && !is_complete(&entry.path());
+            if name.starts_with(".partial-") || name.starts_with(".old-") || torn {
+                fs::remove_dir_all(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
                 removed.push(name);
             }
+        }
+        let mut scratch = crate::fsio::scratch_entries(&self.root)?;
+        scratch.extend(crate::fsio::scratch_entries(&self.previews())?);
+        for path in scratch {
+            let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+            removed.push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
         }
         Ok(removed)
     }
@@ -208,7 +192,14 @@ impl RunDir {
         let n = all.len();
         for c in all.into_iter().take(n.saturating_sub(keep)) {
             if Some(c.step) != protect {
-                fs::remove_dir_all(&c.dir).map_err(|e| Error::io(&c.dir, e))?;
+                // Out of the checkpoint namespace in one rename, then deleted: a kill in between
+                // leaves an `.old-*` folder that the next start removes, never a torn step-N.
+                let name = c.dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                let old = self.checkpoints().join(format!(".old-{name}-{}", std::process::id()));
+                fs::rename(&c.dir, &old).map_err(|e| Error::io(&c.dir, e))?;
+                fsync_dir(&self.checkpoints());
+                fault("abort-in-prune", c.step);
+                fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
             }
         }
         Ok(())
@@ -225,7 +216,7 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<Checkpoint>> {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok())
-            && entry.path().join("state.json").is_file()
+            && is_complete(&entry.path())
         {
             out.push(Checkpoint { dir: entry.path(), step });
         }
@@ -234,27 +225,22 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<Checkpoint>> {
     Ok(out)
 }
 
-/// The raw-weights model file a path names: a run directory gives its newest checkpoint's
-/// `model.bpk` (or, with `prefer_best`, the best checkpoint's when it still exists), a
-/// checkpoint folder its `model.bpk`, a file itself.
+/// The files of a complete checkpoint folder.
+pub const CHECKPOINT_FILES: [&str; 4] = ["model.bpk", "ema.bpk", "optim.bpk", "state.json"];
+
+/// Whether a checkpoint folder holds every file (a folder is published whole, so one that
+/// does not was being deleted when the process died).
+fn is_complete(dir: &Path) -> bool {
+    CHECKPOINT_FILES.iter().all(|f| dir.join(f).is_file())
+}
+
+/// The raw-weights model file a path names (see [`crate::resolve::resolve_model`]): a run
+/// directory gives its newest checkpoint's `model.bpk` (or, with `prefer_best`, the best
+/// checkpoint's when it still exists), a checkpoint folder its `model.bpk`, a file itself.
 pub fn model_file(path: &Path, prefer_best: bool) -> Result<PathBuf> {
-    if path.is_file() {
-        return Ok(path.to_path_buf());
-    }
-    if path.join("model.bpk").is_file() {
-        return Ok(path.join("model.bpk"));
-    }
-    let ckpts = list_checkpoints(&path.join("checkpoints"))?;
-    let latest = ckpts.last().ok_or_else(|| {
-        Error::weights(path, "neither a model file nor a run directory with a complete checkpoint")
-    })?;
-    if prefer_best
-        && let Some((step, _)) = latest.read_state()?.best
-        && let Some(best) = ckpts.iter().find(|c| c.step == step)
-    {
-        return Ok(best.model());
-    }
-    Ok(latest.model())
+    use crate::resolve::{Pick, Weights, resolve_model};
+    let pick = if prefer_best { Pick::Best } else { Pick::Newest };
+    Ok(resolve_model(path, Weights::Raw, pick)?.file().to_path_buf())
 }
 
 /// Test-only fault injection, from `PRDIT_FAULT_INJECT`: `abort-after-step:N` aborts the
@@ -278,15 +264,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::create(dir.path()).unwrap();
         for step in [10, 20, 30] {
-            run.write_checkpoint(step, |d| write_atomic(&d.join("state.json"), b"{}")).unwrap();
+            run.write_checkpoint(step, |d| {
+                CHECKPOINT_FILES.iter().try_for_each(|f| crate::fsio::write_atomic(&d.join(f), b"{}"))
+            })
+            .unwrap();
         }
         // A failed write leaves nothing behind and the previous ones intact.
         let e = run.write_checkpoint(40, |_| Err(Error::invalid("x", "boom")));
         assert!(e.is_err());
         // A scratch folder from a crash is not a checkpoint.
         fs::create_dir_all(dir.path().join("checkpoints/.partial-step-000000050-1")).unwrap();
+        // Nor is a step folder that lost files (killed while being deleted).
+        fs::create_dir_all(dir.path().join("checkpoints/step-000000060")).unwrap();
+        fs::write(dir.path().join("checkpoints/step-000000060/model.bpk"), b"x").unwrap();
         assert_eq!(run.latest().unwrap().unwrap().step, 30);
-        assert_eq!(run.clean_partial().unwrap().len(), 1);
+        assert_eq!(run.clean_partial().unwrap().len(), 2);
+        assert!(!dir.path().join("checkpoints/step-000000060").exists());
         run.prune(1, Some(10)).unwrap();
         let steps: Vec<u64> = run.checkpoints_list().unwrap().iter().map(|c| c.step).collect();
         assert_eq!(steps, [10, 30]);

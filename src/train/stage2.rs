@@ -9,11 +9,11 @@ use std::path::Path;
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::Device;
 
-use super::run::model_file;
 use crate::error::{Error, Result};
 use crate::model::layers::{Init, InitSource, ParamSource};
 use crate::model::{Prdit, PrditConfig};
-use crate::weights::{self, Entry, FileKind, StateDict, StateDictSource, checkpoint, export};
+use crate::resolve::{ModelRef, Pick, Weights, resolve_model};
+use crate::weights::{self, Entry, StateDict, StateDictSource, checkpoint, export};
 
 /// Whether `key` belongs to stage 1 (what stage 2 loads and freezes).
 pub fn is_stage1_key(key: &str) -> bool {
@@ -26,14 +26,15 @@ pub fn is_stage1_key(key: &str) -> bool {
 /// model file, or an official `.pt`/`.pth`/safetensors file (its `model` entry when it has
 /// entries). Returns the stage-1 tensors and a description of where they came from.
 pub fn stage1_weights(source: &Path, stage2: &PrditConfig) -> Result<(StateDict, String)> {
-    let file = model_file(source, false)?;
-    let (all, what) = match weights::detect(&file)? {
-        FileKind::Burnpack => {
-            let found = checkpoint::read_config::<Prdit>(&file)?;
+    let (all, what) = match resolve_model(source, Weights::Raw, Pick::Newest)? {
+        ModelRef::Official { file, .. } => official(&file)?,
+        prdit => {
+            let file = prdit.file();
+            let found = checkpoint::read_config::<Prdit>(file)?;
             let want = PrditConfig { depth: found.depth, ..stage2.clone() };
             if found != want {
                 return Err(Error::weights(
-                    &file,
+                    file,
                     format!(
                         "holds {}, which is not the stage 1 of {} ({})",
                         found.name(),
@@ -42,20 +43,19 @@ pub fn stage1_weights(source: &Path, stage2: &PrditConfig) -> Result<(StateDict,
                     ),
                 ));
             }
-            let m = checkpoint::load::<Prdit>(&file, &Device::flex())?;
+            let m = checkpoint::load::<Prdit>(file, &Device::flex())?;
             (
-                StateDict::from_host(&file, export::state_dict(&m)),
+                StateDict::from_host(file, export::state_dict(&m)),
                 format!("{} ({})", file.display(), found.name()),
             )
         }
-        _ => official(&file)?,
     };
     // Only the stage-1 part is used (a stage-2 file may serve as the source too).
     let mut host = BTreeMap::new();
     for key in all.keys().filter(|k| is_stage1_key(k)) {
         host.insert(key.to_string(), all.read(key)?);
     }
-    Ok((StateDict::from_host(&file, host), what))
+    Ok((StateDict::from_host(all.path(), host), what))
 }
 
 /// An official file's raw weights (`model` entry when it has entries).
@@ -72,14 +72,14 @@ fn official(file: &Path) -> Result<(StateDict, String)> {
 /// A complete model of `cfg` (all stages) from a run directory (newest raw weights), a prdit
 /// model file or an official file, strictly; e.g. the base of the high-resolution stage.
 pub fn full_weights(source: &Path, cfg: &PrditConfig, device: &Device) -> Result<(Prdit, String)> {
-    let file = model_file(source, false)?;
-    match weights::detect(&file)? {
-        FileKind::Burnpack => {
-            Ok((checkpoint::load_expecting::<Prdit>(&file, cfg, device)?, file.display().to_string()))
-        }
-        _ => {
+    match resolve_model(source, Weights::Raw, Pick::Newest)? {
+        ModelRef::Official { file, .. } => {
             let (sd, what) = official(&file)?;
             Ok((weights::prdit_from_state_dict(cfg, &sd, device)?, what))
+        }
+        prdit => {
+            let file = prdit.file();
+            Ok((checkpoint::load_expecting::<Prdit>(file, cfg, device)?, file.display().to_string()))
         }
     }
 }

@@ -7,8 +7,11 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
 use super::ema::ema_update;
-use super::optim::{AdamW, clip_factor, global_norm};
+use super::optim::{AdamW, AdamWConfig, clip_factor, global_norm};
+use crate::config::TrainSection;
+use crate::device::to_host;
 use crate::diffusion::training_loss;
+use crate::error::Result;
 use crate::model::network::Network;
 
 /// Losses above this are treated like non-finite ones (skipped), as in the official loop.
@@ -56,9 +59,31 @@ fn accumulate<M: Module>(model: &M, acc: &mut GradientsParams, more: &mut Gradie
 }
 
 impl<N: Network> Trainer<N> {
+    /// A trainer with `[train]`'s clipping, EMA decay and micro-batch: `model` on an autodiff
+    /// device with its stage already set (what trains, what is frozen), `ema` on the base
+    /// device, `optim` fresh or resumed.
+    pub fn new(model: N, ema: N, optim: AdamW, t: &TrainSection) -> Self {
+        Trainer {
+            model,
+            ema,
+            optim,
+            micro_batch: t.micro_batch.unwrap_or(t.batch_size),
+            grad_clip: t.grad_clip,
+            ema_decay: t.ema_decay,
+        }
+    }
+
+    /// The trainer of a run at step 0: the EMA starts as a copy of the model, AdamW without
+    /// state.
+    pub fn start(model: N, t: &TrainSection) -> Self {
+        let ema = model.valid();
+        Self::new(model, ema, AdamW::new(AdamWConfig::from_train(t)), t)
+    }
+
     /// One step on a batch: `x0`, `noise` `[batch, 1, S, S, S]` on the model's device, one
     /// time per volume; `lr` the learning rate of this step.
-    pub fn step(&mut self, x0: Tensor<5>, t: &[usize], noise: Tensor<5>, lr: f64) -> StepOutcome {
+    /// An error only when the losses cannot be read back from the device.
+    pub fn step(&mut self, x0: Tensor<5>, t: &[usize], noise: Tensor<5>, lr: f64) -> Result<StepOutcome> {
         let batch = t.len();
         let micro = self.micro_batch.clamp(1, batch);
         let mut grads: Option<GradientsParams> = None;
@@ -72,15 +97,13 @@ impl<N: Network> Trainer<N> {
                 noise.clone().narrow(0, start, n),
             );
             let weight = n as f64 / batch as f64;
-            let values: Vec<f32> = Tensor::cat(vec![terms.total.clone(), terms.image, terms.noise], 0)
-                .into_data()
-                .try_into_vec_as()
-                .unwrap_or_default();
+            let values =
+                to_host(Tensor::cat(vec![terms.total.clone(), terms.image, terms.noise], 0), "the losses")?;
             for (s, v) in sums.iter_mut().zip(&values) {
                 *s += *v as f64 * weight;
             }
             if !sums[0].is_finite() || values.iter().any(|v| !v.is_finite()) {
-                return StepOutcome::Skipped { loss: f64::NAN };
+                return Ok(StepOutcome::Skipped { loss: f64::NAN });
             }
             let mut g = GradientsParams::from_grads((terms.total * weight).backward(), &self.model);
             match grads.as_mut() {
@@ -90,7 +113,7 @@ impl<N: Network> Trainer<N> {
         }
         let [loss, image, noise] = sums;
         if loss > MAX_LOSS {
-            return StepOutcome::Skipped { loss };
+            return Ok(StepOutcome::Skipped { loss });
         }
         let mut grads = grads.expect("at least one micro-batch");
         let grad_norm = global_norm(&self.model, &grads);
@@ -101,6 +124,46 @@ impl<N: Network> Trainer<N> {
         let model = std::mem::replace(&mut self.model, self.ema.clone());
         self.model = self.optim.step(model, &mut grads, lr, scale);
         self.ema = ema_update(self.ema.clone(), &self.model, self.ema_decay);
-        StepOutcome::Done { loss, image, noise, grad_norm: grad_norm.map(Box::new) }
+        Ok(StepOutcome::Done { loss, image, noise, grad_norm: grad_norm.map(Box::new) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Device;
+
+    use crate::model::{Prdit, PrditConfig};
+
+    #[test]
+    fn frozen_stage1_gets_no_gradient_no_optimizer_state_and_does_not_move() {
+        use crate::diffusion::{NOISE_STD, NoiseSource, SeededNoise, training_loss};
+        use crate::weights::export::state_dict;
+        use burn::optim::{AdamWConfig, GradientsParams};
+
+        let device = Device::flex().autodiff();
+        let cfg = PrditConfig::tiny();
+        let model = Prdit::init(&cfg, 1, &device).unwrap().freeze_stage1();
+        let before = state_dict(&model);
+        let mut noise = SeededNoise::new(2, NOISE_STD);
+        let x0 = noise.draw([2, 1, 16, 16, 16], &device).unwrap();
+        let eps = noise.draw([2, 1, 16, 16, 16], &device).unwrap();
+        let loss = training_loss(&model, x0, &[10, 900], eps);
+        let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+        // Trainable: fine head (2) + patch embedder (7) + 10 per block + final layer (4).
+        let trainable = 2 + 7 + 10 * cfg.depth + 4;
+        assert_eq!(grads.len(), trainable);
+        let mut optim = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0).init();
+        let model = optim.step(1e-3, model, grads);
+        // AdamW keeps two moments per trainable tensor and nothing for the frozen ones.
+        let record = format!("{:?}", optim.to_record());
+        assert!(record.contains(&format!("num_tensors: {}", 2 * trainable)), "{record}");
+        let after = state_dict(&model);
+        for (key, value) in &before {
+            let frozen = !(key.starts_with("fine.") || key.starts_with("t_embedder.fine_head."));
+            if frozen {
+                assert_eq!(value, &after[key], "{key} is frozen and must not move");
+            }
+        }
+        assert_ne!(before["fine.final_layer.linear.weight"], after["fine.final_layer.linear.weight"]);
     }
 }

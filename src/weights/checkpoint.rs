@@ -30,13 +30,15 @@ pub fn save_model<N: Network>(model: &N, path: &Path) -> Result<()> {
     let tensors = burn_pack::Reader::from_bytes(bytes)
         .and_then(|r| r.into_tensors())
         .map_err(|e| pack_err(path, "cannot serialise the parameters", e))?;
-    burn_pack::Writer::new(tensors)
-        .with_metadata(KEY_FORMAT, N::FORMAT)
-        .with_metadata(KEY_CONFIG, &config)
-        .with_metadata(KEY_VERSION, env!("CARGO_PKG_VERSION"))
-        .auto_extension(false)
-        .write_to_file(path)
-        .map_err(|e| pack_err(path, "cannot write", e))
+    crate::fsio::write_atomic_with(path, |scratch| {
+        burn_pack::Writer::new(tensors)
+            .with_metadata(KEY_FORMAT, N::FORMAT)
+            .with_metadata(KEY_CONFIG, &config)
+            .with_metadata(KEY_VERSION, env!("CARGO_PKG_VERSION"))
+            .auto_extension(false)
+            .write_to_file(scratch)
+            .map_err(|e| pack_err(path, "cannot write", e))
+    })
 }
 
 fn metadata(path: &Path) -> Result<std::collections::BTreeMap<String, String>> {
@@ -77,14 +79,17 @@ pub fn read_config<N: Network>(path: &Path) -> Result<N::Config> {
     serde_json::from_str(json).map_err(|e| pack_err(path, "the stored model configuration is invalid", e))
 }
 
-/// Loads a model file of network `N` onto `device`, exactly as saved.
+/// Loads a model file of network `N` onto `device`, exactly as saved; every parameter must be
+/// finite.
 pub fn load<N: Network>(path: &Path, device: &Device) -> Result<N> {
     let cfg = read_config::<N>(path)?;
     let placeholder = N::placeholder(&cfg, device)?;
     let record = ModuleRecord::load(path).map_err(|e| pack_err(path, "cannot read the parameters", e))?;
-    placeholder
+    let model = placeholder
         .try_load_record(record)
-        .map_err(|e| pack_err(path, "the parameters do not fit the stored configuration", e))
+        .map_err(|e| pack_err(path, "the parameters do not fit the stored configuration", e))?;
+    super::check_finite(&model, path)?;
+    Ok(model)
 }
 
 /// Loads a model file that must hold the network of `expected`; a different configuration

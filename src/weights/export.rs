@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Gradients, Tensor};
 
 use super::HostTensor;
@@ -79,17 +79,48 @@ pub fn params<M: Module>(model: &M, grads: Option<&Gradients>) -> Vec<ParamEntry
     e.out
 }
 
+/// A change of parameters by official key (see [`map_params`]).
+pub trait KeyedMapper {
+    /// The new value of the parameter `key` (identity `id`); `value` keeps its device (and
+    /// autodiff state) and shape, and so must the result.
+    fn map<const D: usize>(&mut self, key: &str, id: ParamId, value: Tensor<D>) -> Tensor<D>;
+}
+
+/// `model` with every float parameter passed through `mapper` by official key — the one place
+/// that tracks module paths while mapping (the optimizer and the EMA use it).
+pub fn map_params<M: Module>(model: M, mapper: &mut impl KeyedMapper) -> M {
+    struct Keyed<'a, K> {
+        path: Vec<String>,
+        inner: &'a mut K,
+    }
+    impl<K: KeyedMapper> ModuleMapper for Keyed<'_, K> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (id, tensor, mapper) = param.consume();
+            let key = official_key(&self.path);
+            Param::from_mapped_value(id, self.inner.map(&key, id, tensor), mapper)
+        }
+    }
+    model.map(&mut Keyed { path: Vec::new(), inner: mapper })
+}
+
 /// A flattened tensor on the host in PyTorch layout (every rank-2 parameter is a Linear
 /// weight: Burn `[in, out]` → PyTorch `[out, in]`).
+pub fn official_layout(t: Tensor<1>, dims: &[usize]) -> HostTensor {
+    host(t, dims)
+}
+
 fn host(t: Tensor<1>, dims: &[usize]) -> HostTensor {
     let (t, shape) = match dims {
         [i, o] => (t.reshape([*i, *o]).transpose().reshape([i * o]), vec![*o, *i]),
         _ => (t, dims.to_vec()),
     };
-    HostTensor {
-        shape,
-        data: t.into_data().try_into_vec_as::<f32>().expect("a float parameter converts to f32"),
-    }
+    HostTensor { shape, data: crate::device::to_host(t, "a parameter").unwrap_or_else(|e| panic!("{e}")) }
 }
 
 /// All parameters of `model` by official key, PyTorch layout.

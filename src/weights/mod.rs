@@ -50,7 +50,12 @@ impl<'a> StateDictSource<'a> {
                 zeros()
             }
             Some(_) => match self.sd.read(key) {
-                Ok(t) => t.data,
+                Ok(t) => {
+                    if let Some(bad) = non_finite(&t.data) {
+                        self.problems.push(format!("key `{key}` {bad}"));
+                    }
+                    t.data
+                }
                 Err(e) => {
                     self.problems.push(e.to_string());
                     zeros()
@@ -108,6 +113,41 @@ impl ParamSource for StateDictSource<'_> {
         let b = self.take(&format!("{key}.bias"), &[width]);
         Ok(layer_norm_from_host(w, b, eps, &self.device))
     }
+}
+
+/// `None` when every value is finite, else what is wrong ("holds 3 non-finite values (NaN at
+/// index 17, …)").
+pub fn non_finite(values: &[f32]) -> Option<String> {
+    let first = values.iter().position(|v| !v.is_finite())?;
+    let count = values.iter().filter(|v| !v.is_finite()).count();
+    Some(format!(
+        "holds {count} non-finite value(s) of {} ({} at index {first})",
+        values.len(),
+        values[first]
+    ))
+}
+
+/// Checks that every parameter of `model` is finite; the error names `path` and each bad
+/// tensor by its official key. A corrupt or diverged file is refused rather than sampled.
+pub fn check_finite<M: burn::module::Module>(model: &M, path: &Path) -> Result<()> {
+    let mut problems = Vec::new();
+    for p in export::params(model, None) {
+        let values = crate::device::to_host(p.value.clone(), &format!("parameter `{}`", p.key))?;
+        if let Some(bad) = non_finite(&values) {
+            problems.push(format!("`{}` {bad}", p.key));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::weights(
+        path,
+        format!(
+            "{} tensor(s) with non-finite values (a corrupt file or a diverged run); nothing was loaded:\n  - {}",
+            problems.len(),
+            problems.join("\n  - ")
+        ),
+    ))
 }
 
 /// Builds the network of `cfg` from an official state dict. Strict: any missing, unexpected

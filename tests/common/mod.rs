@@ -10,30 +10,36 @@ use burn::tensor::{Device, Tensor, TensorData};
 use prdit::PrditConfig;
 use prdit::weights::{Entry, HostTensor, StateDict};
 
-/// The parity fixture folder: `PRDIT_PARITY_DIR`, else `../shared/fixtures/parity`.
+/// The parity fixture folder: `PRDIT_PARITY_DIR`, else the project's copy `tests/fixtures/parity`.
 pub fn parity_dir() -> PathBuf {
     fixture_dir("PRDIT_PARITY_DIR", "parity")
 }
 
 /// The extra fixture folder (samplers, resampling): `PRDIT_EXTRA_DIR`, else
-/// `../shared/fixtures/extra`.
+/// `tests/fixtures/extra`.
 pub fn extra_dir() -> PathBuf {
     fixture_dir("PRDIT_EXTRA_DIR", "extra")
 }
 
-/// The MedicalNet fixture folder: `PRDIT_MED3D_DIR`, else `../shared/fixtures/med3d`.
+/// The MedicalNet fixture folder: `PRDIT_MED3D_DIR`, else `tests/fixtures/med3d`.
 pub fn med3d_dir() -> PathBuf {
     fixture_dir("PRDIT_MED3D_DIR", "med3d")
+}
+
+/// The training-loop fixture folder (five official optimizer steps):
+/// `PRDIT_TRAIN_PARITY_DIR`, else `tests/fixtures/train`.
+pub fn train_dir() -> PathBuf {
+    fixture_dir("PRDIT_TRAIN_PARITY_DIR", "train")
 }
 
 fn fixture_dir(var: &str, name: &str) -> PathBuf {
     let dir = match std::env::var_os(var) {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(name),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name),
     };
     assert!(
         dir.is_dir(),
-        "fixture folder {} not found: set {var} or place the shared fixtures next to the repository",
+        "fixture folder {} not found (set {var} to a folder of this format)",
         dir.display()
     );
     dir
@@ -43,6 +49,28 @@ fn fixture_dir(var: &str, name: &str) -> PathBuf {
 pub fn read_fixture(path: PathBuf) -> BTreeMap<String, HostTensor> {
     let sd = StateDict::open(&path, Entry::Auto).unwrap_or_else(|e| panic!("{e}"));
     sd.keys().map(|k| (k.to_string(), sd.read(k).unwrap())).collect()
+}
+
+/// Every tensor of a safetensors file exactly as stored (float32 or float64, as f64), with no
+/// entry selection (keys may start with `ema.` or `model.` without meaning a checkpoint entry).
+pub fn read_raw(path: PathBuf) -> BTreeMap<String, (Vec<usize>, Vec<f64>)> {
+    use safetensors::Dtype;
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st =
+        safetensors::SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    st.iter()
+        .map(|(name, view)| {
+            let b = view.data();
+            let data: Vec<f64> = match view.dtype() {
+                Dtype::F32 => {
+                    b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+                }
+                Dtype::F64 => b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+                other => panic!("{}: `{name}` is {other:?}", path.display()),
+            };
+            (name.to_string(), (view.shape().to_vec(), data))
+        })
+        .collect()
 }
 
 /// A host tensor on `device`.
