@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn prdit(args: &[&str]) -> Output {
@@ -126,4 +127,18 @@ fn model_references_that_name_nothing_are_explained() {
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(2));
     assert!(err.contains("--num"), "{err}");
+}
+
+/// `demo --device cuda` without a GPU fails before writing anything.
+#[test]
+fn demo_checks_the_device_before_writing() {
+    if Path::new("/dev/nvidia0").exists() {
+        return; // a GPU is there: the demo would run for real
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let o = prdit(&["--device", "cuda", "demo", "--out", out.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(!out.exists(), "the demo wrote {} before failing: {err}", out.display());
 }

@@ -200,3 +200,45 @@ fn eval_commands_report_cache_and_refuse_mismatched_ranges() {
     let score = d["ms_ssim"].as_f64().unwrap();
     assert!(score > 0.0 && score < 1.0 && d["pairs"] == 3, "{d}");
 }
+
+/// eval-fid's inputs are checked before any work: a count of 0, a fake set of another shape than
+/// the real one, and a set of mixed shapes (naming the odd file).
+#[test]
+fn eval_fid_refuses_empty_counts_and_mismatched_shapes() {
+    use common::run::{err, phantoms, prdit};
+    use std::path::Path;
+    let dir = tempfile::tempdir().unwrap();
+    let real = phantoms(dir.path(), "real", 4, 16);
+    let small = phantoms(dir.path(), "small", 4, 8);
+    let run = |real: &Path, fake: &Path, extra: &[&str]| {
+        let mut args = vec!["eval-fid", "--real", real.to_str().unwrap(), "--fake", fake.to_str().unwrap()];
+        args.extend(["--test-formula-weights", "10", "--preset", "none"]);
+        args.extend_from_slice(extra);
+        prdit(&args, &[])
+    };
+    let e = err(&run(&real, &real, &["--num", "0"]));
+    assert!(e.contains("at least 1"), "{e}");
+    let e = err(&run(&real, &small, &[]));
+    assert!(e.contains("[8, 8, 8]") && e.contains("[16, 16, 16]"), "{e}");
+    std::fs::copy(small.join("phantom-00000.nii.gz"), real.join("zz-odd.nii.gz")).unwrap();
+    let e = err(&run(&real, &real, &[]));
+    assert!(e.contains("zz-odd.nii.gz") && e.contains("one shape"), "{e}");
+}
+
+/// Missing MedicalNet weights: the error says what the file is, where it is published, and the
+/// files (with sha256) the paper's numbers need.
+#[test]
+fn missing_medicalnet_weights_are_explained() {
+    use common::run::{err, phantoms, prdit};
+    let dir = tempfile::tempdir().unwrap();
+    let real = phantoms(dir.path(), "real", 2, 16);
+    let missing = dir.path().join("resnet_50.pth");
+    let args = ["eval-fid", "--real", real.to_str().unwrap(), "--fake", real.to_str().unwrap()];
+    let e = err(&prdit(&[&args[..], &["--weights", missing.to_str().unwrap()]].concat(), &[]));
+    assert!(e.contains("MedicalNet") && e.contains("Tencent/MedicalNet"), "{e}");
+    assert!(e.contains("5b6189cafbee2f56") && e.contains("resnet_50_23dataset.pth"), "{e}");
+    assert_eq!(e.matches("No such file").count() + e.matches("no such file").count(), 1, "{e}");
+    // --weights is required.
+    let e = err(&prdit(&args, &[]));
+    assert!(e.contains("--weights"), "{e}");
+}

@@ -276,4 +276,11 @@ fn ode_solvers_sample_in_few_steps() {
         &[],
     ));
     assert!(e.contains("--grid") && e.contains("official"), "{e}");
+    // A jump of 0 is refused before any folder is made.
+    let e = err(&prdit(
+        &["sample", "--run", run.to_str().unwrap(), "--out", out.to_str().unwrap(), "--k", "0"],
+        &[],
+    ));
+    assert!(e.contains("--k"), "{e}");
+    assert!(!out.exists());
 }

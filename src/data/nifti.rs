@@ -13,6 +13,24 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
     Error::Data { path: path.to_path_buf(), reason: reason.into() }
 }
 
+/// A NIfTI library error in plain words (its I/O errors print as Rust debug text otherwise).
+fn plain(e: &nifti::NiftiError) -> String {
+    use std::io::ErrorKind;
+    match e {
+        nifti::NiftiError::Io(io) | nifti::NiftiError::MissingVolumeFile(io) => match io.kind() {
+            ErrorKind::UnexpectedEof => "the file ends early (truncated, or an incomplete .gz)".into(),
+            ErrorKind::InvalidData | ErrorKind::InvalidInput => {
+                format!(
+                    "corrupt data ({})",
+                    io.get_ref().map_or_else(|| io.kind().to_string(), |inner| inner.to_string())
+                )
+            }
+            _ => io.get_ref().map_or_else(|| io.kind().to_string(), |inner| inner.to_string()),
+        },
+        other => other.to_string(),
+    }
+}
+
 /// Whether `path` names a NIfTI file (`.nii` or `.nii.gz`).
 pub fn is_nifti(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -55,8 +73,9 @@ pub fn read_volume_with_axes(path: &Path) -> Result<(Volume, Axes)> {
     if !path.is_file() {
         return Err(bad(path, "no such file"));
     }
-    let obj =
-        ReaderOptions::new().read_file(path).map_err(|e| bad(path, format!("cannot read as NIfTI: {e}")))?;
+    let obj = ReaderOptions::new()
+        .read_file(path)
+        .map_err(|e| bad(path, format!("cannot read as NIfTI: {}", plain(&e))))?;
     let header = obj.header().clone();
     let dim = header.dim().map_err(|e| bad(path, format!("invalid dimensions in the header: {e}")))?.to_vec();
     if dim.len() < 3 || dim[3..].iter().any(|&d| d != 1) {
@@ -66,7 +85,7 @@ pub fn read_volume_with_axes(path: &Path) -> Result<(Volume, Axes)> {
     let array = obj
         .into_volume()
         .into_ndarray::<f32>()
-        .map_err(|e| bad(path, format!("cannot decode the voxel data: {e}")))?;
+        .map_err(|e| bad(path, format!("cannot decode the voxel data: {}", plain(&e))))?;
     let data: Vec<f32> = array.iter().copied().collect(); // logical order: k fastest
     if data.len() != dims.iter().product::<usize>() {
         return Err(bad(path, format!("holds {} voxels, the header says {dims:?}", data.len())));
@@ -110,7 +129,7 @@ pub fn write_volume(path: &Path, vol: &Volume, description: &str) -> Result<()> 
         WriterOptions::new(scratch)
             .reference_header(&header)
             .write_nifti_with_type(&array, NiftiType::Float32)
-            .map_err(|e| bad(path, format!("cannot write: {e}")))
+            .map_err(|e| bad(path, format!("cannot write: {}", plain(&e))))
     })
 }
 
@@ -145,6 +164,7 @@ mod tests {
         std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
         let e = read_volume(&cut).unwrap_err().to_string();
         assert!(e.contains("cut.nii.gz"), "{e}");
+        assert!(!e.contains("Custom {") && !e.contains("kind:"), "plain words, not debug text: {e}");
         let junk = dir.path().join("junk.nii");
         std::fs::write(&junk, b"not a nifti file at all").unwrap();
         let e = read_volume(&junk).unwrap_err().to_string();

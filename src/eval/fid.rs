@@ -112,6 +112,21 @@ fn feature_network(net: &FeatureNet, device: &Device) -> Result<(ResNet3d, ResNe
             Ok((ResNet3d::with_formula_weights(spec, device)?, spec, info))
         }
         FeatureNet::Weights(file) => {
+            if !file.is_file() {
+                let accepted: Vec<String> =
+                    KNOWN_WEIGHTS.iter().map(|(h, n)| format!("{n}: sha256 {h}")).collect();
+                return Err(Error::weights(
+                    file,
+                    format!(
+                        "the MedicalNet 3D ResNet weights are not there (no such file). The features of 3D-FID \
+                         and MMD come from MedicalNet (Chen et al. 2019), whose pretrained `.pth` files are \
+                         published with the Tencent/MedicalNet repository (its `pretrain/` release); prdit \
+                         knows:\n  - {}\n(any MedicalNet ResNet-10/18/34/50 file loads, but only these two match \
+                         the paper's numbers)",
+                        accepted.join("\n  - ")
+                    ),
+                ));
+            }
             let sha = sha256_file(file)?;
             let known = KNOWN_WEIGHTS.iter().find(|(h, _)| *h == sha).map(|(_, n)| n.to_string());
             tracing::info!(

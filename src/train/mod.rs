@@ -285,7 +285,7 @@ impl<N: Trainable> Session<'_, N> {
                         self.state.step + 1,
                         if loss.is_finite() { "above 1e5" } else { "not finite" },
                         self.state.skipped
-                    ));
+                    ))?;
                     report.skipped(self.state.step, loss, self.state.skipped)?;
                     if consecutive_bad >= t.max_bad_steps {
                         return Err(Error::Diverged {
@@ -317,7 +317,7 @@ impl<N: Trainable> Session<'_, N> {
             let stop = self.opts.stop.load(Ordering::Relaxed);
             if step.is_multiple_of(t.ckpt_every) || last || stop {
                 let c = self.save()?;
-                report.line(&format!("checkpoint {}", c.dir.display()));
+                report.line(&format!("checkpoint {}", c.dir.display()))?;
             }
             if stop {
                 interrupted = true;

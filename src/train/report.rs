@@ -16,6 +16,9 @@ use crate::error::{Error, Result};
 pub struct Reporter {
     path: PathBuf,
     file: File,
+    /// `train.log` next to `metrics.jsonl`: every line shown, plain text with a UTC time.
+    log_path: PathBuf,
+    log: File,
     bar: Option<ProgressBar>,
     sums: [f64; 3],
     count: u64,
@@ -25,6 +28,23 @@ pub struct Reporter {
 
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of a Unix time (days to a civil date as in Howard Hinnant's
+/// `civil_from_days`).
+pub fn utc_time(unix: f64) -> String {
+    let secs = unix.max(0.0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 impl Reporter {
@@ -49,10 +69,18 @@ impl Reporter {
             crate::fsio::write_atomic(path, body.as_bytes())?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+        let log_path = path.with_file_name("train.log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| Error::io(&log_path, e))?;
         let bar = crate::progress::bar(total, "steps", progress).map(|b| b.with_position(step));
         Ok(Reporter {
             path: path.to_path_buf(),
             file,
+            log_path,
+            log,
             bar,
             sums: [0.0; 3],
             count: 0,
@@ -66,12 +94,15 @@ impl Reporter {
         writeln!(self.file, "{value}").and_then(|_| self.file.flush()).map_err(|e| Error::io(&self.path, e))
     }
 
-    /// Prints a line above the progress bar (or as a log line).
-    pub fn line(&self, text: &str) {
+    /// Prints a line above the progress bar (or as a log line), and appends it to `train.log`.
+    pub fn line(&mut self, text: &str) -> Result<()> {
         match &self.bar {
             Some(bar) => bar.println(text),
             None => tracing::info!("{text}"),
         }
+        writeln!(self.log, "{} {text}", utc_time(now()))
+            .and_then(|_| self.log.flush())
+            .map_err(|e| Error::io(&self.log_path, e))
     }
 
     /// Adds one step's losses to the running means.
@@ -111,7 +142,7 @@ impl Reporter {
             steps_per_s * batch as f64,
             if skipped > 0 { format!(" skipped {skipped}") } else { String::new() }
         );
-        self.line(&text);
+        self.line(&text)?;
         if let Some(bar) = &self.bar {
             bar.set_message(format!("loss {loss:.4}"));
         }
@@ -127,8 +158,13 @@ impl Reporter {
         self.line(&format!(
             "step {step} validation: image MSE at t=100 {val_mse:.6}{}",
             if best { " (best)" } else { "" }
-        ));
+        ))?;
         self.record(json!({"kind": "eval", "step": step, "val_mse": val_mse, "best": best}))
+    }
+
+    #[cfg(test)]
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap()
     }
 
     /// Records a skipped step.
@@ -142,5 +178,27 @@ impl Reporter {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_times_and_the_plain_log() {
+        assert_eq!(utc_time(0.0), "1970-01-01 00:00:00");
+        assert_eq!(utc_time(951_782_400.0), "2000-02-29 00:00:00");
+        assert_eq!(utc_time(1_796_148_061.0), "2026-12-01 18:01:01");
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Reporter::open(&dir.path().join("metrics.jsonl"), 0, false, 10).unwrap();
+        r.line("checkpoint x").unwrap();
+        r.accumulate(1.0, 0.5, 0.5);
+        r.log(1, 1e-4, Some(0.5), 2, None, 0).unwrap();
+        let text = r.log_text();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.lines().all(|l| l.len() > 20 && l.as_bytes()[4] == b'-'), "{text}");
+        assert!(text.contains("checkpoint x") && text.contains("step 1 loss 1.00000"), "{text}");
+        assert!(!text.contains('\u{1b}'));
     }
 }
