@@ -31,15 +31,20 @@ pub struct Cli {
     /// Print warnings and errors only (PRDIT_LOG=debug for more).
     #[arg(long, short, global = true)]
     pub quiet: bool,
-    /// Folder of the persistent GPU kernel and autotune cache (default $PRDIT_KERNEL_CACHE,
-    /// else ~/.cache/prdit/cubecl).
-    #[arg(long, global = true)]
-    pub kernel_cache: Option<PathBuf>,
-    /// Compile and autotune GPU kernels afresh, without reading or writing the cache.
-    #[arg(long, global = true)]
-    pub no_kernel_cache: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The persistent GPU kernel cache (commands that run networks on a device).
+#[derive(Args, Clone, Default)]
+pub struct KernelCacheArgs {
+    /// Folder of the persistent GPU kernel and autotune cache (default $PRDIT_KERNEL_CACHE,
+    /// else ~/.cache/prdit/cubecl).
+    #[arg(long)]
+    kernel_cache: Option<PathBuf>,
+    /// Compile and autotune GPU kernels afresh, without reading or writing the cache.
+    #[arg(long)]
+    no_kernel_cache: bool,
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
@@ -49,36 +54,66 @@ fn parse_device(s: &str) -> Result<DeviceSpec, String> {
 #[derive(Subcommand)]
 pub enum Command {
     /// Train stage 1, the local MLP denoiser on overlapping patches.
+    #[command(
+        after_help = "Examples:\n  prdit train-local --config configs/lidc-local.toml --out runs/lidc-local\n  prdit train-local --out runs/lidc-local --resume            # after an interruption"
+    )]
     TrainLocal(TrainArgs),
     /// Train stage 2, the global residual DiT on top of a frozen stage 1.
+    #[command(
+        after_help = "Examples:\n  prdit train-global --config configs/lidc-global.toml --out runs/lidc-global --local runs/lidc-local\n  prdit train-global --out runs/lidc-global --resume"
+    )]
     TrainGlobal(TrainGlobalArgs),
     /// Train stage 3, the high-resolution refinement (e.g. 128³ → 256³) on a frozen base model.
+    #[command(
+        after_help = "Example:\n  prdit train-highres --config configs/lidc-highres.toml --out runs/lidc-highres"
+    )]
     TrainHighres(TrainArgs),
     /// Generate volumes from a trained model (NIfTI, previews, manifest.json).
+    #[command(
+        after_help = "Examples:\n  prdit sample --run runs/lidc-global --out volumes/ --num 100 --batch 8\n  prdit sample --run runs/lidc-global --out fast/ --num 100 --batch 8 --sampler dpm2m --steps 50\n  prdit sample --checkpoint prdit_b.pt --model PRDiT-B/12/4 --size 128 --out official/"
+    )]
     Sample(SampleArgs),
     /// 3D-FID and MMD of generated volumes against real ones, on MedicalNet ResNet features.
+    #[command(
+        after_help = "Example:\n  prdit eval-fid --real data/lidc-128 --fake volumes/xs --weights resnet_50.pth --preset lidc --out fid.json"
+    )]
     EvalFid(EvalFidArgs),
     /// Diversity of generated volumes: mean MS-SSIM over all pairs (lower = more diverse).
+    #[command(after_help = "Example:\n  prdit eval-diversity --volumes volumes/xs --num 100")]
     EvalDiversity(EvalDiversityArgs),
     /// Clinical CT (DICOM series, NIfTI) → training volumes in model space, with dataset.json.
+    #[command(
+        after_help = "Examples:\n  prdit prepare --input /data/LIDC-IDRI --out data/lidc-128 --recipe lidc --size 128 --jobs 4\n  prdit prepare --input scans/ --out data/my-64 --recipe generic --size 64 --spacing 2 --window=-1000,1000"
+    )]
     Prepare(PrepareArgs),
     /// Write the built-in synthetic chest-CT dataset (NIfTI, model space and HU).
+    #[command(after_help = "Example:\n  prdit phantom --out data/phantoms --num 100 --size 64")]
     Phantom(PhantomArgs),
     /// The first thing to run: a phantom dataset, a brief stage-1 and stage-2 training of a
     /// tiny model, and previews — a few minutes on a laptop CPU.
+    #[command(after_help = "Example:\n  prdit demo --out prdit-demo")]
     Demo(DemoArgs),
     /// Time the hot paths (training steps, forward, sampler step): cold start, warm median,
     /// peak memory, and the ratio to the official PyTorch numbers on an H100.
+    #[command(
+        after_help = "Examples:\n  prdit --device cuda bench --model PRDiT-B/12/4 --size 128 --json bench.json\n  prdit --device cpu bench --model PRDiT-XS/12/4 --size 64 --batch 2 --what sample"
+    )]
     Bench(BenchArgs),
     /// Compile (and autotune) the GPU kernels of a run's shapes into the persistent cache.
+    #[command(after_help = "Example:\n  prdit --device cuda warmup --config configs/lidc-global.toml")]
     Warmup(WarmupArgs),
     /// Sizes of a model: parameters per stage, token grid, activation memory per volume;
     /// with --weights, also load a weights file strictly and report what it holds.
+    #[command(
+        after_help = "Examples:\n  prdit inspect --model PRDiT-B/12/4 --size 128\n  prdit inspect --weights runs/lidc-global            # what a run or weights file holds"
+    )]
     Inspect(InspectArgs),
 }
 
 #[derive(Args)]
 pub struct TrainArgs {
+    #[command(flatten)]
+    gpu: KernelCacheArgs,
     /// The run configuration (TOML). Optional with --resume (the run's own config.toml).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -108,6 +143,8 @@ pub struct TrainGlobalArgs {
 
 #[derive(Args)]
 pub struct SampleArgs {
+    #[command(flatten)]
+    gpu: KernelCacheArgs,
     /// A run directory: its newest checkpoint's EMA weights (or raw with --raw).
     #[arg(long, conflicts_with = "checkpoint")]
     run: Option<PathBuf>,
@@ -174,6 +211,8 @@ fn parse_window(s: &str) -> Result<Window, String> {
 
 #[derive(Args)]
 pub struct EvalFidArgs {
+    #[command(flatten)]
+    gpu: KernelCacheArgs,
     /// Real volumes: a folder of NIfTI files or a list file.
     #[arg(long)]
     real: PathBuf,
@@ -225,6 +264,8 @@ pub struct EvalDiversityArgs {
 
 #[derive(Args)]
 pub struct BenchArgs {
+    #[command(flatten)]
+    gpu: KernelCacheArgs,
     /// The stage-2 model (its depth-0 sibling is the stage-1 case).
     #[arg(long, default_value = "PRDiT-B/12/4")]
     model: String,
@@ -250,6 +291,8 @@ pub struct BenchArgs {
 
 #[derive(Args)]
 pub struct WarmupArgs {
+    #[command(flatten)]
+    gpu: KernelCacheArgs,
     /// The run configuration whose shapes to compile.
     #[arg(long)]
     config: PathBuf,
@@ -305,6 +348,8 @@ pub struct PhantomArgs {
 
 #[derive(Args)]
 pub struct DemoArgs {
+    #[command(flatten)]
+    gpu: KernelCacheArgs,
     /// Output folder.
     #[arg(long, default_value = "prdit-demo")]
     out: PathBuf,
@@ -336,7 +381,17 @@ pub struct InspectArgs {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     let started = std::time::Instant::now();
-    if let Some(dir) = device::configure_kernel_cache(cli.kernel_cache.clone(), !cli.no_kernel_cache) {
+    let cache = match &cli.command {
+        Command::TrainLocal(a) | Command::TrainHighres(a) => a.gpu.clone(),
+        Command::TrainGlobal(a) => a.common.gpu.clone(),
+        Command::Sample(a) => a.gpu.clone(),
+        Command::EvalFid(a) => a.gpu.clone(),
+        Command::Bench(a) => a.gpu.clone(),
+        Command::Warmup(a) => a.gpu.clone(),
+        Command::Demo(a) => a.gpu.clone(),
+        _ => KernelCacheArgs::default(),
+    };
+    if let Some(dir) = device::configure_kernel_cache(cache.kernel_cache, !cache.no_kernel_cache) {
         tracing::debug!("kernel cache: {}", dir.display());
     }
     match cli.command {

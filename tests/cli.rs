@@ -142,3 +142,28 @@ fn demo_checks_the_device_before_writing() {
     assert!(!o.status.success(), "{err}");
     assert!(!out.exists(), "the demo wrote {} before failing: {err}", out.display());
 }
+
+/// Every subcommand's help ends with real examples; GPU kernel-cache flags appear only where a
+/// network runs on a device.
+#[test]
+fn help_has_examples_and_no_gpu_clutter() {
+    for cmd in [
+        "train-local",
+        "train-global",
+        "train-highres",
+        "sample",
+        "eval-fid",
+        "eval-diversity",
+        "prepare",
+        "phantom",
+        "demo",
+        "bench",
+        "warmup",
+        "inspect",
+    ] {
+        let (out, _) = text(&prdit(&[cmd, "--help"]));
+        assert!(out.contains("Example") && out.contains(&format!("prdit {cmd} ")), "{cmd}: {out}");
+        let gpu = !matches!(cmd, "eval-diversity" | "prepare" | "phantom" | "inspect");
+        assert_eq!(out.contains("--kernel-cache"), gpu, "{cmd}");
+    }
+}
