@@ -328,6 +328,10 @@ pub struct PrepareArgs {
     /// Keep going when some inputs cannot be prepared (they are still listed).
     #[arg(long)]
     skip_bad: bool,
+    /// LIDC: pad scans shorter than the 256 mm field of view with air (the official recipe
+    /// drops them).
+    #[arg(long)]
+    pad_short: bool,
 }
 
 #[derive(Args)]
@@ -661,6 +665,7 @@ fn prepare_cmd(args: &PrepareArgs, quiet: bool) -> Result<()> {
         window: args.window.map(|w| [w.min_hu, w.max_hu]),
         spacing_mm: args.spacing,
         fov: args.fov,
+        pad_short: args.pad_short,
     };
     let started = std::time::Instant::now();
     let (inputs, failed) = prepare::discover(&args.input);

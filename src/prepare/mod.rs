@@ -26,10 +26,9 @@ use ops::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Recipe {
-    /// LIDC-IDRI, after the official recipe: 1 mm isotropic (resampled trilinearly here; the
-    /// official script uses a cubic spline), 256 mm field of view, clipped below −1000, window
-    /// up to the 99.9th percentile (here of the pooled volume; the official script takes it of
-    /// the 256³ crop, before the loader pools).
+    /// LIDC-IDRI, the official recipe step by step ([`lidc_official`]): cubic-spline zoom to
+    /// 1 mm, centre crop 256 mm (shorter scans dropped unless `pad_short`), clip below −1000,
+    /// clip at the 0.999 quantile of the crop, min-max, the loader's average pool, 2x − 1.
     Lidc,
     /// RAD-ChestCT, after the official recipe: no resampling, clip [−1000, 1000], 256-voxel
     /// field of view, then the 99.5th percentile as the upper bound (here after a 2×2×2 mean;
@@ -53,6 +52,10 @@ pub struct PrepareOptions {
     pub spacing_mm: Option<f32>,
     /// Field of view in voxels of the target spacing (generic; overrides the recipe's).
     pub fov: Option<usize>,
+    /// LIDC: pad a scan shorter than the field of view with air instead of dropping it (the
+    /// official script drops it).
+    #[serde(default)]
+    pub pad_short: bool,
 }
 
 /// An input found under the given paths.
@@ -279,9 +282,65 @@ fn load(input: &Input) -> Result<(Volume, String, Option<String>, Vec<String>)> 
     }
 }
 
+/// The official LIDC-IDRI steps, in their order (`scripts/preproc_lidc_idri.py`, then the
+/// loader): cubic-spline zoom (scipy `zoom(order=3, mode='nearest')`) to `spacing` mm, centre
+/// crop to `fov`³ as the official script places it on its LAS arrays (a shorter scan is
+/// dropped, or with `pad_short` padded with air), clip below
+/// −1000, clip at the 0.999 quantile of the crop, min-max to [0, 1], the loader's average pool
+/// to `size`³, 2x − 1. Returns the model-space volume and the HU window [min, quantile].
+pub fn lidc_official(
+    v: &Volume,
+    spacing: f32,
+    fov: usize,
+    size: usize,
+    pad_short: bool,
+) -> std::result::Result<(Volume, [f32; 2]), String> {
+    let dims: [usize; 3] = std::array::from_fn(|k| {
+        ((v.dims[k] as f64 * v.spacing[k] as f64 / spacing as f64).round_ties_even() as usize).max(1)
+    });
+    if !pad_short && let Some(k) = (0..3).find(|&k| dims[k] < fov) {
+        return Err(format!(
+            "{:.0} mm along axis {k}, shorter than the recipe's {:.0} mm field of view: the official recipe drops \
+             such scans (--pad-short pads them with air instead)",
+            dims[k] as f32 * spacing,
+            fov as f32 * spacing
+        ));
+    }
+    let zoomed = ops::spline_zoom(v, dims);
+    // The official script crops dicom2nifti's LAS arrays; these are LPS (j mirrored), so the
+    // crop is placed as it falls on the LAS array: the same voxels as the official volume.
+    let mut crop = ops::crop_or_pad_flipped(&zoomed, [fov; 3], AIR_HU, [false, true, false]);
+    crop.spacing = [spacing; 3];
+    crop.data.iter_mut().for_each(|x| *x = x.max(-1000.0));
+    let q = quantile(&crop.data, 0.999);
+    crop.data.iter_mut().for_each(|x| *x = x.min(q));
+    let (lo, hi) = crop.min_max();
+    let range = if hi > lo { hi - lo } else { 1.0 };
+    crop.data.iter_mut().for_each(|x| *x = (*x - lo) / range);
+    let mut v = if fov == size {
+        crop
+    } else if fov.is_multiple_of(size) {
+        avg_pool(&crop, fov / size)
+    } else {
+        return Err(format!("the field of view {fov} is not a multiple of the size {size}"));
+    };
+    v.data.iter_mut().for_each(|x| *x = 2.0 * *x - 1.0);
+    Ok((v, [lo, hi]))
+}
+
 /// Runs the recipe's steps on one HU volume; returns the model-space volume, the window and
-/// the statistics.
-pub fn process(v: &Volume, opts: &PrepareOptions) -> (Volume, [f32; 2], Stats) {
+/// the statistics, or why the recipe does not take this volume.
+pub fn process(v: &Volume, opts: &PrepareOptions) -> std::result::Result<(Volume, [f32; 2], Stats), String> {
+    if opts.recipe == Recipe::Lidc && opts.window.is_none() {
+        let (spacing, fov) = (opts.spacing_mm.unwrap_or(1.0), opts.fov.unwrap_or(256));
+        let (model, window) = lidc_official(v, spacing, fov, opts.size, opts.pad_short)?;
+        let hu = Volume {
+            dims: model.dims,
+            spacing: model.spacing,
+            data: model.data.iter().map(|x| window[0] + (x + 1.0) * 0.5 * (window[1] - window[0])).collect(),
+        };
+        return Ok((model, window, stats(&hu)));
+    }
     let (spacing, fov) = match opts.recipe {
         Recipe::Lidc => (Some(opts.spacing_mm.unwrap_or(1.0)), Some(opts.fov.unwrap_or(256))),
         Recipe::RadChestct => (opts.spacing_mm, Some(opts.fov.unwrap_or(256))),
@@ -317,7 +376,7 @@ pub fn process(v: &Volume, opts: &PrepareOptions) -> (Volume, [f32; 2], Stats) {
     };
     let window = if window[1] > window[0] { window } else { [window[0], window[0] + 1.0] };
     window_to_model(&mut v, window[0], window[1]);
-    (v, window, stats)
+    Ok((v, window, stats))
 }
 
 fn stats(v: &Volume) -> Stats {
@@ -417,7 +476,7 @@ pub fn run(
 fn prepare_one(input: &Input, name: &str, out: &Path, opts: &PrepareOptions) -> Result<Record> {
     let started = std::time::Instant::now();
     let (hu, orientation_in, series_uid, warnings) = load(input)?;
-    let (model, window, stats) = process(&hu, opts);
+    let (model, window, stats) = process(&hu, opts).map_err(|reason| Error::data(input.source(), reason))?;
     let desc = format!("prdit prepare {:?}, window [{:.0}, {:.0}] HU", opts.recipe, window[0], window[1]);
     write_volume(&out.join(name), &model, &desc)?;
     Ok(Record {
@@ -445,8 +504,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hu = dir.path().join("hu");
         crate::data::phantom::write_dataset(dir.path(), 1, 16, 3).unwrap();
-        let opts =
-            PrepareOptions { recipe: Recipe::Generic, size: 8, window: None, spacing_mm: None, fov: None };
+        let opts = PrepareOptions {
+            recipe: Recipe::Generic,
+            size: 8,
+            window: None,
+            spacing_mm: None,
+            fov: None,
+            pad_short: false,
+        };
         let (inputs, failed) = discover(&[hu, dir.path().join("missing.nii.gz")]);
         let out = dir.path().join("prepared");
         let m = run(&inputs, failed, &out, &opts, 1, &|_, _| {}).unwrap();

@@ -118,6 +118,102 @@ pub fn resample_to_spacing(v: &Volume, target: f32) -> Volume {
     out
 }
 
+/// Edge samples added on each side before the spline prefilter (as scipy does for `nearest`):
+/// the prefilter's boundary condition then reaches the data only through z¹² ≈ 1.4e-7.
+const SPLINE_PAD: usize = 12;
+
+/// Cubic B-spline interpolation coefficients of one line in place (Unser's recursive filter,
+/// pole z = √3 − 2, mirror-symmetric boundary), in float64.
+fn bspline3_prefilter(c: &mut [f64]) {
+    let n = c.len();
+    if n < 2 {
+        return;
+    }
+    let z = 3f64.sqrt() - 2.0;
+    let gain = (1.0 - z) * (1.0 - 1.0 / z);
+    c.iter_mut().for_each(|x| *x *= gain);
+    // Causal initialisation for a mirror-symmetric extension.
+    let mut zk = z;
+    let z2n = z.powi(2 * n as i32 - 2);
+    let mut iz = z2n / z; // z^(2n−3)
+    let mut sum = c[0] + z.powi(n as i32 - 1) * c[n - 1];
+    for x in c.iter().take(n - 1).skip(1) {
+        sum += (zk + iz) * x;
+        zk *= z;
+        iz /= z;
+    }
+    c[0] = sum / (1.0 - z2n);
+    for k in 1..n {
+        c[k] += z * c[k - 1];
+    }
+    c[n - 1] = (z / (z * z - 1.0)) * (c[n - 1] + z * c[n - 2]);
+    for k in (0..n - 1).rev() {
+        c[k] = z * (c[k + 1] - c[k]);
+    }
+}
+
+/// The cubic B-spline β³(t).
+fn bspline3(t: f64) -> f64 {
+    let a = t.abs();
+    if a < 1.0 {
+        2.0 / 3.0 - a * a + a * a * a / 2.0
+    } else if a < 2.0 {
+        (2.0 - a).powi(3) / 6.0
+    } else {
+        0.0
+    }
+}
+
+/// `scipy.ndimage.zoom(v, order=3, mode='nearest')` to `out` voxels per axis: output voxel `o`
+/// samples the input at `o·(n − 1)/(out − 1)` (scipy's `grid_mode=False`) from the cubic spline
+/// through the samples, the volume extended by its edge values (12 of them, then the spline
+/// prefilter, as scipy pads for `nearest`). Separable, float64 per line.
+pub fn spline_zoom(v: &Volume, out: [usize; 3]) -> Volume {
+    let mut cur = v.clone();
+    for (axis, &m) in out.iter().enumerate() {
+        cur = spline_axis(&cur, axis, m);
+    }
+    cur
+}
+
+fn spline_axis(v: &Volume, axis: usize, out: usize) -> Volume {
+    let n = v.dims[axis];
+    let mut dims = v.dims;
+    dims[axis] = out;
+    let scale = if out > 1 { (n - 1) as f64 / (out - 1) as f64 } else { 0.0 };
+    // For each output position: the first coefficient index (in the padded line) and 4 weights.
+    let taps: Vec<(usize, [f64; 4])> = (0..out)
+        .map(|o| {
+            let x = SPLINE_PAD as f64 + o as f64 * scale;
+            let i = x.floor() as usize;
+            (i - 1, std::array::from_fn(|k| bspline3(x - (i + k - 1) as f64)))
+        })
+        .collect();
+    let strides = [v.dims[1] * v.dims[2], v.dims[2], 1];
+    let out_strides = [dims[1] * dims[2], dims[2], 1];
+    let mut data = vec![0f32; dims.iter().product()];
+    let others: Vec<usize> = (0..3).filter(|&a| a != axis).collect();
+    let mut line = vec![0f64; n + 2 * SPLINE_PAD];
+    for p in 0..v.dims[others[0]] {
+        for q in 0..v.dims[others[1]] {
+            let base = p * strides[others[0]] + q * strides[others[1]];
+            let out_base = p * out_strides[others[0]] + q * out_strides[others[1]];
+            for (k, slot) in line.iter_mut().enumerate() {
+                let i = k.saturating_sub(SPLINE_PAD).min(n - 1);
+                *slot = v.data[base + i * strides[axis]] as f64;
+            }
+            bspline3_prefilter(&mut line);
+            for (o, (first, w)) in taps.iter().enumerate() {
+                let value: f64 = (0..4).map(|k| w[k] * line[first + k]).sum();
+                data[out_base + o * out_strides[axis]] = value as f32;
+            }
+        }
+    }
+    let mut spacing = v.spacing;
+    spacing[axis] = if out > 1 { v.spacing[axis] * scale as f32 } else { v.spacing[axis] };
+    Volume { dims, spacing, data }
+}
+
 /// Trilinear resize to `size`³ (`align_corners=False`).
 pub fn resize(v: &Volume, size: [usize; 3]) -> Volume {
     let mut out = v.clone();
@@ -154,9 +250,19 @@ pub fn avg_pool(v: &Volume, k: usize) -> Volume {
 /// Centre crop or pad (with `fill`) each axis to `fov` voxels, as the official scripts crop
 /// (start `(dim − fov) / 2`); padding splits the difference the same way.
 pub fn crop_or_pad(v: &Volume, fov: [usize; 3], fill: f32) -> Volume {
+    crop_or_pad_flipped(v, fov, fill, [false; 3])
+}
+
+/// [`crop_or_pad`] as it falls on the array mirrored along the axes in `mirrored`: there the
+/// odd voxel of an odd margin is cut from the high end instead of the low end. (The official
+/// LIDC script crops dicom2nifti's LAS arrays; prdit's are LPS, mirrored along j.)
+pub fn crop_or_pad_flipped(v: &Volume, fov: [usize; 3], fill: f32, mirrored: [bool; 3]) -> Volume {
     let mut out = Volume { dims: fov, spacing: v.spacing, data: vec![fill; fov.iter().product()] };
     // Offset of output index o in the source: o + shift (negative when padding).
-    let shift: [isize; 3] = std::array::from_fn(|k| (v.dims[k] as isize - fov[k] as isize).div_euclid(2));
+    let shift: [isize; 3] = std::array::from_fn(|k| {
+        let margin = v.dims[k] as isize - fov[k] as isize;
+        if mirrored[k] { margin - margin.div_euclid(2) } else { margin.div_euclid(2) }
+    });
     for a in 0..fov[0] {
         let sa = a as isize + shift[0];
         if sa < 0 || sa >= v.dims[0] as isize {
@@ -212,6 +318,17 @@ mod tests {
             }
         }
         v
+    }
+
+    #[test]
+    fn spline_zoom_interpolates_and_keeps_constants() {
+        // At integer positions the spline passes through the samples; a constant stays constant.
+        let v = ramp([6, 5, 7], [1.0; 3], |a, b, c| ((a * 7 + b * 3 + c) % 5) as f32 * 100.0 - 300.0);
+        let same = spline_zoom(&v, v.dims);
+        assert!(same.data.iter().zip(&v.data).all(|(a, b)| (a - b).abs() < 1e-3));
+        let flat = spline_zoom(&Volume::filled([5, 4, 6], -700.0), [9, 3, 13]);
+        assert!(flat.data.iter().all(|x| (x + 700.0).abs() < 1e-3));
+        assert_eq!(flat.dims, [9, 3, 13]);
     }
 
     #[test]
