@@ -240,6 +240,10 @@ pub struct EvalFidArgs {
     /// Do not read or write the feature cache.
     #[arg(long)]
     no_cache: bool,
+    /// Clamp generated volumes into the real set's range (model space [-1, 1], or [0, 1])
+    /// instead of refusing ones that overshoot it; the report gives the fraction clamped.
+    #[arg(long)]
+    clamp: bool,
     /// MMD estimator: biased (the official V-statistic) or unbiased.
     #[arg(long, value_enum, default_value_t = prdit::eval::stats::MmdEstimator::Biased)]
     mmd: prdit::eval::stats::MmdEstimator,
@@ -590,6 +594,7 @@ fn eval_fid_cmd(spec: DeviceSpec, args: &EvalFidArgs, quiet: bool) -> Result<()>
         cache: (!args.no_cache)
             .then(|| args.cache.clone().unwrap_or_else(prdit::eval::fid::default_cache_dir)),
         mmd: args.mmd,
+        clamp: args.clamp,
         progress: progress::enabled(quiet),
     };
     let report = prdit::eval::fid::evaluate(&opts, &device_for(spec)?)?;

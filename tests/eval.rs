@@ -242,3 +242,42 @@ fn missing_medicalnet_weights_are_explained() {
     let e = err(&prdit(&args, &[]));
     assert!(e.contains("--weights"), "{e}");
 }
+
+/// Generated volumes that overshoot model space: refused with the values found and a pointer to
+/// --clamp; with --clamp scored, the fraction clamped reported (as given and with a preset).
+#[test]
+fn overshooting_samples_need_an_explicit_clamp() {
+    use common::run::{err, ok, phantoms, prdit};
+    use prdit::data::nifti::{read_volume, write_volume};
+    let dir = tempfile::tempdir().unwrap();
+    for (preset, size) in [("none", 16), ("lidc", 128)] {
+        let real = phantoms(dir.path(), &format!("real-{preset}"), 4, size);
+        let fake = dir.path().join(format!("fake-{preset}"));
+        std::fs::create_dir_all(&fake).unwrap();
+        for i in 0..4 {
+            let mut v = read_volume(&real.join(format!("phantom-0000{i}.nii.gz"))).unwrap();
+            v.data.iter_mut().for_each(|x| *x *= 1.3);
+            write_volume(&fake.join(format!("s{i}.nii.gz")), &v, "").unwrap();
+        }
+        let args = [
+            "eval-fid",
+            "--real",
+            real.to_str().unwrap(),
+            "--fake",
+            fake.to_str().unwrap(),
+            "--test-formula-weights",
+            "10",
+            "--preset",
+            preset,
+            "--num",
+            "4",
+            "--no-cache",
+        ];
+        let e = err(&prdit(&args, &[]));
+        assert!(e.contains("span [-1.3") && e.contains("--clamp"), "{preset}: {e}");
+        let out = ok(&prdit(&[&args[..], &["--clamp"]].concat(), &[]));
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let f = report["clamped_fraction"].as_f64().unwrap();
+        assert!(f > 0.0 && f < 1.0, "{preset}: {report}");
+    }
+}

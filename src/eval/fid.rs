@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::resnet::{ResNet3d, ResNetSpec};
 use super::stats::{self, Features, MmdEstimator};
 use super::{
-    KNOWN_WEIGHTS, Preset, Protocol, cache_key, check_same_range, extract, prepare_set, read_cache,
+    KNOWN_WEIGHTS, Preset, Protocol, Range, cache_key, check_same_range, extract, prepare_set, read_cache,
     write_cache,
 };
 use crate::data::dataset::list_volumes;
@@ -46,6 +46,9 @@ pub struct FidOptions {
     /// neither read nor written.
     pub cache: Option<PathBuf>,
     pub mmd: MmdEstimator,
+    /// Clamp generated volumes into the real set's range (model space or [0, 1]) instead of
+    /// refusing ones that overshoot; the fraction clamped is reported.
+    pub clamp: bool,
     /// Show progress bars (see [`crate::progress`]).
     pub progress: bool,
 }
@@ -83,6 +86,9 @@ pub struct FidReport {
     pub fake: PathBuf,
     /// Whether the real-set features came from the cache.
     pub real_features_cached: bool,
+    /// The fraction of generated voxels clamped into the real range (with `--clamp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clamped_fraction: Option<f64>,
     /// The cache file of the real-set features (`null` without a cache).
     pub cache_file: Option<PathBuf>,
     pub seconds: f64,
@@ -192,12 +198,12 @@ pub fn evaluate(opts: &FidOptions, device: &Device) -> Result<FidReport> {
     let (real_files, real_first, real) = match cached {
         Some(f) => {
             // Only the first real volume is read: for the range check against the fakes.
-            let (files, vols) =
-                prepare_set(&opts.real, &Protocol { num: Some(1), ..protocol.clone() }, false)?;
-            (files, vols, f)
+            let set = prepare_set(&opts.real, &Protocol { num: Some(1), ..protocol.clone() }, None)?;
+            (set.files, set.volumes, f)
         }
         None => {
-            let (files, vols) = prepare_set(&opts.real, &protocol, false)?;
+            let set = prepare_set(&opts.real, &protocol, None)?;
+            let (files, vols) = (set.files, set.volumes);
             let f = features(&net, &vols, opts, "real volumes", device)?;
             if let Some(path) = &cache_file {
                 write_cache(path, &f)?;
@@ -205,7 +211,23 @@ pub fn evaluate(opts: &FidOptions, device: &Device) -> Result<FidReport> {
             (files, vols.into_iter().take(1).collect(), f)
         }
     };
-    let (fake_files, fake_vols) = prepare_set(&opts.fake, &protocol, true)?;
+    let set = prepare_set(&opts.fake, &protocol, Some(opts.clamp))?;
+    let (fake_files, mut fake_vols) = (set.files, set.volumes);
+    let mut clamped_fraction = opts.clamp.then_some(set.clamped_fraction);
+    if opts.clamp && protocol.range.is_none() {
+        // As given: clamp into the real set's range when it is model space or [0, 1].
+        let bounds = match real_first.first().map(|v| v.min_max()).map(|(l, h)| Range::of(l, h)) {
+            Some(Range::ZeroOne) => Some((0.0, 1.0)),
+            Some(Range::MinusOneOne) => Some((-1.0, 1.0)),
+            _ => None,
+        };
+        if let Some((lo, hi)) = bounds {
+            clamped_fraction = Some(super::outside_fraction(&fake_vols, lo, hi));
+            for v in fake_vols.iter_mut() {
+                v.data.iter_mut().for_each(|x| *x = x.clamp(lo, hi));
+            }
+        }
+    }
     if let (Some(r), Some(f)) = (real_first.first(), fake_vols.first())
         && r.dims != f.dims
     {
@@ -240,6 +262,7 @@ pub fn evaluate(opts: &FidOptions, device: &Device) -> Result<FidReport> {
         real: opts.real.clone(),
         fake: opts.fake.clone(),
         real_features_cached: cache_hit,
+        clamped_fraction,
         cache_file,
         seconds: started.elapsed().as_secs_f64(),
         time_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -278,6 +301,7 @@ mod tests {
             batch: 2,
             cache: Some(dir.path().join("cache")),
             mmd: MmdEstimator::Biased,
+            clamp: false,
             progress: false,
         };
         let device = Device::flex();

@@ -61,7 +61,8 @@ impl Range {
         }
     }
 
-    fn describe(self) -> &'static str {
+    /// How it reads in messages.
+    pub fn describe(self) -> &'static str {
         match self {
             Range::MinusOneOne => "model space [-1, 1]",
             Range::ZeroOne => "[0, 1]",
@@ -69,6 +70,16 @@ impl Range {
             Range::Other => "an unrecognised range",
         }
     }
+}
+
+/// An overshoot of the expected range that counts as rounding, not as another scale.
+pub const ROUNDING: f32 = 0.01;
+
+/// The fraction of voxels of `volumes` outside `[lo, hi]`.
+pub fn outside_fraction(volumes: &[Volume], lo: f32, hi: f32) -> f64 {
+    let total: usize = volumes.iter().map(|v| v.data.len()).sum();
+    let out: usize = volumes.iter().map(|v| v.data.iter().filter(|x| **x < lo || **x > hi).count()).sum();
+    out as f64 / total.max(1) as f64
 }
 
 /// A named protocol.
@@ -139,7 +150,18 @@ fn pool_to(v: &Volume, size: usize, path: &Path) -> Result<Volume> {
 
 /// The volumes of a set, read, validated and prepared as the protocol says.
 /// Every bad file is listed (not only the first), and all volumes must have one shape.
-pub fn prepare_set(source: &Path, protocol: &Protocol, fake: bool) -> Result<(Vec<PathBuf>, Vec<Volume>)> {
+/// A set of volumes ready for the feature network.
+pub struct PreparedSet {
+    pub files: Vec<PathBuf>,
+    pub volumes: Vec<Volume>,
+    /// The fraction of voxels clamped into the protocol's range (generated sets with clamping).
+    pub clamped_fraction: f64,
+}
+
+/// `fake`: `None` for the real set; `Some(clamp)` for generated volumes, which with `clamp` are
+/// clamped into the protocol's range (otherwise an overshoot beyond rounding is an error that
+/// prints the values).
+pub fn prepare_set(source: &Path, protocol: &Protocol, fake: Option<bool>) -> Result<PreparedSet> {
     let mut files = list_volumes(source)?;
     if protocol.num == Some(0) {
         return Err(Error::invalid("num", "the number of volumes to evaluate must be at least 1"));
@@ -159,9 +181,14 @@ pub fn prepare_set(source: &Path, protocol: &Protocol, fake: bool) -> Result<(Ve
     }
     let mut volumes = Vec::with_capacity(files.len());
     let mut problems = Vec::new();
+    let (mut clamped, mut voxels) = (0usize, 0usize);
     for f in &files {
         match prepare_volume(f, protocol, fake) {
-            Ok(v) => volumes.push(v),
+            Ok((v, c, n)) => {
+                clamped += c;
+                voxels += n;
+                volumes.push(v)
+            }
             Err(e) => problems.push(e.to_string()),
         }
     }
@@ -186,41 +213,65 @@ pub fn prepare_set(source: &Path, protocol: &Protocol, fake: bool) -> Result<(Ve
             problems,
         });
     }
-    Ok((files, volumes))
+    Ok(PreparedSet { files, volumes, clamped_fraction: clamped as f64 / voxels.max(1) as f64 })
 }
 
 /// One volume of a set, read, checked and prepared as the protocol says.
-fn prepare_volume(f: &Path, protocol: &Protocol, fake: bool) -> Result<Volume> {
+fn prepare_volume(f: &Path, protocol: &Protocol, fake: Option<bool>) -> Result<(Volume, usize, usize)> {
     let mut v = read_volume(f)?;
+    let voxels = v.data.len();
+    let mut clamped = 0;
     if let Some(i) = v.first_non_finite() {
         return Err(Error::data(f, format!("voxel {i} is not a finite number")));
     }
     let (lo, hi) = v.min_max();
     let range = Range::of(lo, hi);
     if protocol.range == Some(Range::MinusOneOne) {
-        // Real volumes must be model space; generated ones may overshoot a little and are
-        // clamped (PRDiT-FM's loader), but a [0, 1] or HU set is a different scale.
-        let ok =
-            if fake { lo > -1.5 && hi < 1.5 && range != Range::ZeroOne } else { range == Range::MinusOneOne };
-        if !ok {
-            return Err(Error::data(
-                f,
-                format!(
-                    "values span [{lo}, {hi}] ({}), but the {} protocol evaluates {} volumes",
-                    range.describe(),
-                    protocol.name,
-                    Range::MinusOneOne.describe()
-                ),
-            ));
-        }
-        if fake {
-            v.data.iter_mut().for_each(|x| *x = x.clamp(-1.0, 1.0));
+        let expected = Range::MinusOneOne.describe();
+        match fake {
+            // Real volumes must be model space.
+            None if range != Range::MinusOneOne => {
+                return Err(Error::data(
+                    f,
+                    format!(
+                        "values span [{lo}, {hi}] ({}), but the {} protocol evaluates real volumes in {expected}",
+                        range.describe(),
+                        protocol.name
+                    ),
+                ));
+            }
+            None => {}
+            // Generated ones: model space, perhaps overshooting; a [0, 1] or HU set is another scale.
+            Some(clamp) => {
+                if range == Range::ZeroOne || range == Range::Hu {
+                    return Err(Error::data(
+                        f,
+                        format!(
+                            "values span [{lo}, {hi}] ({}), but the {} protocol evaluates {expected} (sample without --hu)",
+                            range.describe(),
+                            protocol.name
+                        ),
+                    ));
+                }
+                if (lo < -1.0 - ROUNDING || hi > 1.0 + ROUNDING) && !clamp {
+                    return Err(Error::data(
+                        f,
+                        format!(
+                            "values span [{lo}, {hi}], beyond the {} protocol's {expected}: clamp the generated \
+                             volumes into it explicitly (--clamp; the fraction clamped is reported)",
+                            protocol.name
+                        ),
+                    ));
+                }
+                clamped = v.data.iter().filter(|x| **x < -1.0 || **x > 1.0).count();
+                v.data.iter_mut().for_each(|x| *x = x.clamp(-1.0, 1.0));
+            }
         }
     }
     if let Some(size) = protocol.size {
         v = pool_to(&v, size, f)?;
     }
-    Ok(v)
+    Ok((v, clamped, voxels))
 }
 
 /// Checks that two sets are in the same intensity range (the error names an example).
@@ -248,14 +299,21 @@ pub fn check_same_range(
     let (rm, fm) = (main(&r), main(&f));
     if rm != fm {
         let example = f.iter().position(|x| *x != rm).unwrap_or(0);
+        let (flo, fhi) = fake[example].min_max();
+        let (rlo, rhi) = real[0].min_max();
         return Err(Error::data(
             &fake_files[example],
             format!(
-                "the generated volumes are in {} but the real ones ({} …) are in {}: scores of sets in \
-                 different ranges are meaningless",
+                "the generated volumes span [{flo}, {fhi}] ({}) but the real ones ({} …) span [{rlo}, {rhi}] ({}): \
+                 scores of sets in different ranges are meaningless{}",
                 fm.describe(),
                 real_files[0].display(),
-                rm.describe()
+                rm.describe(),
+                if matches!(rm, Range::MinusOneOne | Range::ZeroOne) && fm == Range::Other {
+                    " (generated volumes that overshoot a little can be clamped into the real range with --clamp)"
+                } else {
+                    ""
+                }
             ),
         ));
     }
