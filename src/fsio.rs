@@ -79,6 +79,16 @@ pub fn scratch_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Removes the scratch entries directly in `dir` (left by a process killed mid-write; call only
+/// while holding the folder's lock), best effort; returns what was there.
+pub fn remove_scratch(dir: &Path) -> Result<Vec<PathBuf>> {
+    let found = scratch_entries(dir)?;
+    for path in &found {
+        let _ = fs::remove_dir_all(path).or_else(|_| fs::remove_file(path));
+    }
+    Ok(found)
+}
+
 /// Name of the lock file in a folder that a prdit command writes.
 pub const LOCK_FILE: &str = ".prdit.lock";
 

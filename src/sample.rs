@@ -259,8 +259,7 @@ pub fn run<N: Network>(
     }
     // What a killed job left: scratch files of an interrupted write.
     for d in [&opts.out, &xs, &x0_dir, &previews] {
-        for path in crate::fsio::scratch_entries(d)? {
-            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        for path in crate::fsio::remove_scratch(d)? {
             tracing::warn!("removed {}, left by an interrupted write", path.display());
         }
     }
@@ -296,9 +295,12 @@ pub fn run<N: Network>(
         |i: usize| xs.join(file_name(i)).is_file() && (!opts.write_x0 || x0_dir.join(file_name(i)).is_file());
     // The manifest is checked against the files: records of volumes that are gone are dropped,
     // volumes written just before a kill (before their manifest entry) are recorded.
+    let window = opts.hu;
+    let (lo, hi) = window.map_or((-1.0, 1.0), |w| (w.min_hu, w.max_hu));
     let before = manifest.volumes.len();
     manifest.volumes.retain(|r| xs.join(file_name(r.index)).is_file());
-    if manifest.volumes.len() != before {
+    let mut changed = manifest.volumes.len() != before;
+    if changed {
         tracing::warn!(
             "{}: {} record(s) of missing volumes dropped",
             manifest_path.display(),
@@ -309,22 +311,21 @@ pub fn run<N: Network>(
         if !manifest.volumes.iter().any(|r| r.index == i) {
             tracing::warn!("{}: recorded in the manifest after an interrupted job", file_name(i));
             manifest.volumes.push(record(i, opts, None));
+            changed = true;
         }
         let png = previews.join(preview_name(i));
         if !png.is_file() {
             let vol = read_volume(&xs.join(file_name(i)))?;
-            let (lo, hi) = opts.hu.map_or((-1.0, 1.0), |w| (w.min_hu, w.max_hu));
             write_preview(&png, &[&vol], lo, hi)?;
         }
     }
     manifest.volumes.sort_by_key(|r| r.index);
-    if manifest.volumes.len() != before || !manifest_path.is_file() {
+    if changed || !manifest_path.is_file() {
         write_atomic(
             &manifest_path,
             serde_json::to_string_pretty(&manifest).expect("serialises").as_bytes(),
         )?;
     }
-    let window = opts.hu;
     let to_volume = |t: Tensor<5>, i: usize, file: &Path| -> Result<Volume> {
         let data = to_host(t.narrow(0, i, 1), "a generated volume")?;
         if let Some(bad) = crate::weights::non_finite(&data) {
@@ -342,7 +343,6 @@ pub fn run<N: Network>(
         };
         Ok(Volume { dims: [size; 3], spacing: opts.spacing_mm, data })
     };
-    let (lo, hi) = window.map_or((-1.0, 1.0), |w| (w.min_hu, w.max_hu));
     let mut done = (0..opts.num).filter(|&i| complete(i)).count();
     for first in (0..opts.num).step_by(opts.batch) {
         let indices: Vec<usize> = (first..(first + opts.batch).min(opts.num)).collect();

@@ -19,6 +19,15 @@ fn sample(args: &[&str]) -> String {
     ok(&prdit(&a, &[]))
 }
 
+/// A stage-1 run of 4 steps on 6 phantoms in `dir/run`.
+fn trained_run(dir: &Path) -> std::path::PathBuf {
+    let data = data(dir, 6);
+    let cfg = config(dir, "run.toml", &data, 0, "total_steps = 4\n");
+    let run = dir.join("run");
+    ok(&train("train-local", &cfg, &run, &[], &[]));
+    run
+}
+
 fn float32_header(path: &Path) -> bool {
     use nifti::NiftiObject;
     let obj = nifti::ReaderOptions::new().read_file(path).unwrap();
@@ -28,10 +37,7 @@ fn float32_header(path: &Path) -> bool {
 #[test]
 fn sampling_writes_reproducible_resumable_volumes() {
     let dir = tempfile::tempdir().unwrap();
-    let data = data(dir.path(), 6);
-    let cfg = config(dir.path(), "run.toml", &data, 0, "total_steps = 4\n");
-    let run = dir.path().join("run");
-    ok(&train("train-local", &cfg, &run, &[], &[]));
+    let run = trained_run(dir.path());
     let out = dir.path().join("out");
     let (run_s, out_s) = (run.to_str().unwrap(), out.to_str().unwrap());
     let args = ["--run", run_s, "--out", out_s, "--num", "3", "--batch", "2", "--steps", "10", "--x0"];
@@ -144,10 +150,7 @@ fn tiny_highres_refinement_trains_and_samples() {
 #[test]
 fn sampling_recovers_from_kills_and_refuses_bad_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let data = data(dir.path(), 6);
-    let cfg = config(dir.path(), "run.toml", &data, 0, "total_steps = 4\n");
-    let run = dir.path().join("run");
-    ok(&train("train-local", &cfg, &run, &[], &[]));
+    let run = trained_run(dir.path());
     let out = dir.path().join("out");
     let (run_s, out_s) = (run.to_str().unwrap(), out.to_str().unwrap());
     let args = ["sample", "--run", run_s, "--out", out_s, "--num", "3", "--batch", "1", "--steps", "5"];
@@ -228,10 +231,7 @@ fn poison(m: Prdit) -> Prdit {
 #[test]
 fn ode_solvers_sample_in_few_steps() {
     let dir = tempfile::tempdir().unwrap();
-    let data = data(dir.path(), 6);
-    let cfg = config(dir.path(), "run.toml", &data, 0, "total_steps = 4\n");
-    let run = dir.path().join("run");
-    ok(&train("train-local", &cfg, &run, &[], &[]));
+    let run = trained_run(dir.path());
     for (sampler, grid, calls) in
         [("dpm2m", None, 10), ("dpm3m", Some("uniform"), 10), ("ddim", None, 10), ("heun", Some("edm"), 19)]
     {

@@ -135,12 +135,8 @@ fn signals_stop_with_a_checkpoint_and_say_so() {
         let data = data(dir.path(), 6);
         let cfg = config(dir.path(), "run.toml", &data, 0, "total_steps = 100000\nckpt_every = 100000\n");
         let run = dir.path().join("run");
-        let child = spawn_train(&cfg, &run, dir.path());
-        let started = std::time::Instant::now();
-        while !run.join("metrics.jsonl").is_file() || losses(&run).len() < 3 {
-            assert!(started.elapsed().as_secs() < 120, "training did not start");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        let mut child = spawn_train(&cfg, &run, dir.path());
+        wait_for_steps(&mut child, &run, 3);
         Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
         let out = child.wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -243,6 +239,16 @@ fn spawn_train(cfg: &Path, out: &Path, cwd: &Path) -> std::process::Child {
         .unwrap()
 }
 
+/// Waits (at most 2 minutes) until the running `child` has logged `n` steps into `run`.
+fn wait_for_steps(child: &mut std::process::Child, run: &Path, n: usize) {
+    let started = std::time::Instant::now();
+    while !run.join("metrics.jsonl").is_file() || losses(run).len() < n {
+        assert!(started.elapsed().as_secs() < 120, "training did not start");
+        assert!(child.try_wait().unwrap().is_none(), "prdit exited early");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn one_writer_per_run_folder_and_a_dead_writers_lock_is_taken_over() {
     let dir = tempfile::tempdir().unwrap();
@@ -251,12 +257,7 @@ fn one_writer_per_run_folder_and_a_dead_writers_lock_is_taken_over() {
     let other = config(dir.path(), "b.toml", &data, 0, "total_steps = 2\nseed = 3\n");
     let run = dir.path().join("run");
     let mut first = spawn_train(&slow, &run, dir.path());
-    let started = std::time::Instant::now();
-    while !run.join("metrics.jsonl").is_file() || losses(&run).is_empty() {
-        assert!(started.elapsed().as_secs() < 120, "training did not start");
-        assert!(first.try_wait().unwrap().is_none(), "prdit exited early");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for_steps(&mut first, &run, 1);
     // A second run, a resume and a second config into the same folder: refused, naming the holder.
     for extra in [&[][..], &["--resume"][..]] {
         let e = err(&train("train-local", &other, &run, extra, &[]));

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::resnet::{ResNet3d, ResNetSpec};
 use super::stats::{self, Features, MmdEstimator};
 use super::{
-    KNOWN_WEIGHTS, Preset, Protocol, Range, cache_key, check_same_range, extract, prepare_set, read_cache,
-    write_cache,
+    KNOWN_WEIGHTS, Preset, Protocol, Range, SetRole, cache_key, check_same_range, extract, prepare_set,
+    read_cache, write_cache,
 };
 use crate::data::dataset::list_volumes;
 use crate::error::{Error, Result};
@@ -198,11 +198,11 @@ pub fn evaluate(opts: &FidOptions, device: &Device) -> Result<FidReport> {
     let (real_files, real_first, real) = match cached {
         Some(f) => {
             // Only the first real volume is read: for the range check against the fakes.
-            let set = prepare_set(&opts.real, &Protocol { num: Some(1), ..protocol.clone() }, None)?;
+            let set = prepare_set(&opts.real, &Protocol { num: Some(1), ..protocol.clone() }, SetRole::Real)?;
             (set.files, set.volumes, f)
         }
         None => {
-            let set = prepare_set(&opts.real, &protocol, None)?;
+            let set = prepare_set(&opts.real, &protocol, SetRole::Real)?;
             let (files, vols) = (set.files, set.volumes);
             let f = features(&net, &vols, opts, "real volumes", device)?;
             if let Some(path) = &cache_file {
@@ -211,23 +211,20 @@ pub fn evaluate(opts: &FidOptions, device: &Device) -> Result<FidReport> {
             (files, vols.into_iter().take(1).collect(), f)
         }
     };
-    let set = prepare_set(&opts.fake, &protocol, Some(opts.clamp))?;
-    let (fake_files, mut fake_vols) = (set.files, set.volumes);
-    let mut clamped_fraction = opts.clamp.then_some(set.clamped_fraction);
-    if opts.clamp && protocol.range.is_none() {
-        // As given: clamp into the real set's range when it is model space or [0, 1].
-        let bounds = match real_first.first().map(|v| v.min_max()).map(|(l, h)| Range::of(l, h)) {
-            Some(Range::ZeroOne) => Some((0.0, 1.0)),
-            Some(Range::MinusOneOne) => Some((-1.0, 1.0)),
+    // --clamp: into the protocol's range, or (as given) the real set's when it is model space
+    // or [0, 1].
+    let clamp = match (opts.clamp, protocol.range) {
+        (false, _) => None,
+        (true, Some(Range::MinusOneOne)) => Some([-1.0, 1.0]),
+        (true, _) => match real_first.first().map(|v| v.min_max()).map(|(l, h)| Range::of(l, h)) {
+            Some(Range::ZeroOne) => Some([0.0, 1.0]),
+            Some(Range::MinusOneOne) => Some([-1.0, 1.0]),
             _ => None,
-        };
-        if let Some((lo, hi)) = bounds {
-            clamped_fraction = Some(super::outside_fraction(&fake_vols, lo, hi));
-            for v in fake_vols.iter_mut() {
-                v.data.iter_mut().for_each(|x| *x = x.clamp(lo, hi));
-            }
-        }
-    }
+        },
+    };
+    let set = prepare_set(&opts.fake, &protocol, SetRole::Generated { clamp })?;
+    let (fake_files, fake_vols) = (set.files, set.volumes);
+    let clamped_fraction = opts.clamp.then_some(set.clamped_fraction);
     if let (Some(r), Some(f)) = (real_first.first(), fake_vols.first())
         && r.dims != f.dims
     {

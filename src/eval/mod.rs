@@ -75,13 +75,6 @@ impl Range {
 /// An overshoot of the expected range that counts as rounding, not as another scale.
 pub const ROUNDING: f32 = 0.01;
 
-/// The fraction of voxels of `volumes` outside `[lo, hi]`.
-pub fn outside_fraction(volumes: &[Volume], lo: f32, hi: f32) -> f64 {
-    let total: usize = volumes.iter().map(|v| v.data.len()).sum();
-    let out: usize = volumes.iter().map(|v| v.data.iter().filter(|x| **x < lo || **x > hi).count()).sum();
-    out as f64 / total.max(1) as f64
-}
-
 /// A named protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -158,10 +151,19 @@ pub struct PreparedSet {
     pub clamped_fraction: f64,
 }
 
-/// `fake`: `None` for the real set; `Some(clamp)` for generated volumes, which with `clamp` are
-/// clamped into the protocol's range (otherwise an overshoot beyond rounding is an error that
-/// prints the values).
-pub fn prepare_set(source: &Path, protocol: &Protocol, fake: Option<bool>) -> Result<PreparedSet> {
+/// Which set [`prepare_set`] reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SetRole {
+    /// The real volumes: they must have the protocol's range exactly.
+    Real,
+    /// Generated volumes, clamped into `clamp` when given. Under a protocol with a range, an
+    /// overshoot beyond rounding without `clamp` is an error that prints the values (rounding
+    /// overshoot is clamped to the range).
+    Generated { clamp: Option<[f32; 2]> },
+}
+
+/// The volumes of a set, read, validated and prepared as the protocol says.
+pub fn prepare_set(source: &Path, protocol: &Protocol, role: SetRole) -> Result<PreparedSet> {
     let mut files = list_volumes(source)?;
     if protocol.num == Some(0) {
         return Err(Error::invalid("num", "the number of volumes to evaluate must be at least 1"));
@@ -183,7 +185,7 @@ pub fn prepare_set(source: &Path, protocol: &Protocol, fake: Option<bool>) -> Re
     let mut problems = Vec::new();
     let (mut clamped, mut voxels) = (0usize, 0usize);
     for f in &files {
-        match prepare_volume(f, protocol, fake) {
+        match prepare_volume(f, protocol, role) {
             Ok((v, c, n)) => {
                 clamped += c;
                 voxels += n;
@@ -217,10 +219,9 @@ pub fn prepare_set(source: &Path, protocol: &Protocol, fake: Option<bool>) -> Re
 }
 
 /// One volume of a set, read, checked and prepared as the protocol says.
-fn prepare_volume(f: &Path, protocol: &Protocol, fake: Option<bool>) -> Result<(Volume, usize, usize)> {
+fn prepare_volume(f: &Path, protocol: &Protocol, role: SetRole) -> Result<(Volume, usize, usize)> {
     let mut v = read_volume(f)?;
     let voxels = v.data.len();
-    let mut clamped = 0;
     if let Some(i) = v.first_non_finite() {
         return Err(Error::data(f, format!("voxel {i} is not a finite number")));
     }
@@ -228,9 +229,9 @@ fn prepare_volume(f: &Path, protocol: &Protocol, fake: Option<bool>) -> Result<(
     let range = Range::of(lo, hi);
     if protocol.range == Some(Range::MinusOneOne) {
         let expected = Range::MinusOneOne.describe();
-        match fake {
+        match role {
             // Real volumes must be model space.
-            None if range != Range::MinusOneOne => {
+            SetRole::Real if range != Range::MinusOneOne => {
                 return Err(Error::data(
                     f,
                     format!(
@@ -240,9 +241,9 @@ fn prepare_volume(f: &Path, protocol: &Protocol, fake: Option<bool>) -> Result<(
                     ),
                 ));
             }
-            None => {}
+            SetRole::Real => {}
             // Generated ones: model space, perhaps overshooting; a [0, 1] or HU set is another scale.
-            Some(clamp) => {
+            SetRole::Generated { clamp } => {
                 if range == Range::ZeroOne || range == Range::Hu {
                     return Err(Error::data(
                         f,
@@ -253,7 +254,7 @@ fn prepare_volume(f: &Path, protocol: &Protocol, fake: Option<bool>) -> Result<(
                         ),
                     ));
                 }
-                if (lo < -1.0 - ROUNDING || hi > 1.0 + ROUNDING) && !clamp {
+                if (lo < -1.0 - ROUNDING || hi > 1.0 + ROUNDING) && clamp.is_none() {
                     return Err(Error::data(
                         f,
                         format!(
@@ -263,10 +264,19 @@ fn prepare_volume(f: &Path, protocol: &Protocol, fake: Option<bool>) -> Result<(
                         ),
                     ));
                 }
-                clamped = v.data.iter().filter(|x| **x < -1.0 || **x > 1.0).count();
-                v.data.iter_mut().for_each(|x| *x = x.clamp(-1.0, 1.0));
             }
         }
+    }
+    // Generated volumes into the clamp bounds (under a ranged protocol at least its range).
+    let bounds = match (role, protocol.range) {
+        (SetRole::Real, _) => None,
+        (SetRole::Generated { clamp }, Some(Range::MinusOneOne)) => Some(clamp.unwrap_or([-1.0, 1.0])),
+        (SetRole::Generated { clamp }, _) => clamp,
+    };
+    let mut clamped = 0;
+    if let Some([lo, hi]) = bounds {
+        clamped = v.data.iter().filter(|x| **x < lo || **x > hi).count();
+        v.data.iter_mut().for_each(|x| *x = x.clamp(lo, hi));
     }
     if let Some(size) = protocol.size {
         v = pool_to(&v, size, f)?;

@@ -155,7 +155,7 @@ pub struct ResNet3d {
     shapes: Vec<(String, Vec<usize>)>,
 }
 
-/// The weights of the fixture formula (`../shared/fixtures/med3d/README.md`): deterministic,
+/// The weights of the fixture formula (`tests/fixtures/med3d/README.md`): deterministic,
 /// meaningless values for testing the network against the official code — never for scores.
 pub fn formula_weights(key: &str, shape: &[usize]) -> Vec<f32> {
     let phase = (key.bytes().map(|b| b as u64).sum::<u64>() % 1000) as f64 / 100.0;

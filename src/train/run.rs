@@ -143,16 +143,15 @@ impl RunDir {
             let entry = entry.map_err(|e| Error::io(&dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let torn = name.starts_with("step-") && !is_complete(&entry.path());
-            if name.starts_with(".partial-") || name.starts_with(".old-") || torn {
+            if name.starts_with(crate::fsio::SCRATCH_PREFIX) || name.starts_with(".old-") || torn {
                 fs::remove_dir_all(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
                 removed.push(name);
             }
         }
-        let mut scratch = crate::fsio::scratch_entries(&self.root)?;
-        scratch.extend(crate::fsio::scratch_entries(&self.previews())?);
-        for path in scratch {
-            let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
-            removed.push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
+        for dir in [self.root.clone(), self.previews()] {
+            for path in crate::fsio::remove_scratch(&dir)? {
+                removed.push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
+            }
         }
         Ok(removed)
     }
@@ -162,7 +161,7 @@ impl RunDir {
     pub fn write_checkpoint(&self, step: u64, fill: impl FnOnce(&Path) -> Result<()>) -> Result<Checkpoint> {
         let dir = self.checkpoints();
         let name = format!("step-{step:09}");
-        let scratch = dir.join(format!(".partial-{name}-{}", std::process::id()));
+        let scratch = dir.join(format!("{}{name}-{}", crate::fsio::SCRATCH_PREFIX, std::process::id()));
         let _ = fs::remove_dir_all(&scratch);
         fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
         if let Err(e) = fill(&scratch) {
