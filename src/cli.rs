@@ -83,7 +83,7 @@ pub enum Command {
     EvalDiversity(EvalDiversityArgs),
     /// Clinical CT (DICOM series, NIfTI) → training volumes in model space, with dataset.json.
     #[command(
-        after_help = "Examples:\n  prdit prepare --input /data/LIDC-IDRI --out data/lidc-128 --recipe lidc --size 128 --jobs 4\n  prdit prepare --input scans/ --out data/my-64 --recipe generic --size 64 --spacing 2 --window=-1000,1000"
+        after_help = "Examples:\n  prdit prepare --input /data/LIDC-IDRI --out data/lidc-128 --recipe lidc --size 128 --jobs 4\n  prdit prepare --input /data/rad_chestCT --out data/rad-128 --recipe rad-chestct --size 128\n  prdit prepare --input scans/ --out data/my-64 --recipe generic --size 64 --spacing 2 --window=-1000,1000"
     )]
     Prepare(PrepareArgs),
     /// Write the built-in synthetic chest-CT dataset (NIfTI, model space and HU).
@@ -198,6 +198,23 @@ pub struct SampleArgs {
     /// Entry of an official full checkpoint.
     #[arg(long, value_enum, default_value_t = Entry::Auto)]
     entry: Entry,
+    /// Orientation of the training data, for official weights (default las, the official
+    /// LIDC arrays'); a prdit run records its own.
+    #[arg(long, value_enum)]
+    orientation: Option<prdit::data::Orientation>,
+    /// Value range of the training data MIN,MAX, for official weights: -1,1 (default; LIDC)
+    /// or 0,1 (the official RAD-ChestCT data); a prdit run records its own.
+    #[arg(long, value_parser = parse_range)]
+    data_range: Option<prdit::data::ValueRange>,
+}
+
+fn parse_range(s: &str) -> Result<prdit::data::ValueRange, String> {
+    use prdit::data::ValueRange;
+    match s.replace(' ', "").as_str() {
+        "-1,1" => Ok(ValueRange::MinusOneOne),
+        "0,1" => Ok(ValueRange::ZeroOne),
+        _ => Err("expected -1,1 or 0,1".into()),
+    }
 }
 
 fn parse_window(s: &str) -> Result<Window, String> {
@@ -304,14 +321,16 @@ pub struct WarmupArgs {
 
 #[derive(Args)]
 pub struct PrepareArgs {
-    /// NIfTI files, DICOM series folders, or folders searched recursively for both.
+    /// NIfTI files, DICOM series folders, RAD-ChestCT .npz files, or folders searched
+    /// recursively for them.
     #[arg(long, num_args = 1.., required = true)]
     input: Vec<PathBuf>,
     /// Output folder (one .nii.gz per input volume and dataset.json).
     #[arg(long)]
     out: PathBuf,
-    /// lidc (1 mm, 256 mm field of view, window to the 99.9th percentile), rad-chestct (no
-    /// resampling, 256 voxels, clip ±1000, 99.5th percentile) or generic (the flags below).
+    /// lidc (the official LIDC-IDRI steps: 1 mm, 256 mm field of view, 99.9th percentile,
+    /// [-1, 1]), rad-chestct (the official RAD-ChestCT steps: no resampling, 256 voxels, clip
+    /// ±1000, 99.5th percentile, [0, 1]) or generic (the flags below).
     #[arg(long, value_enum, default_value_t = prdit::prepare::Recipe::Lidc)]
     recipe: prdit::prepare::Recipe,
     /// Edge of the written volumes.
@@ -332,10 +351,14 @@ pub struct PrepareArgs {
     /// Keep going when some inputs cannot be prepared (they are still listed).
     #[arg(long)]
     skip_bad: bool,
-    /// LIDC: pad scans shorter than the 256 mm field of view with air (the official recipe
-    /// drops them).
+    /// lidc, rad-chestct: pad scans smaller than the field of view with air (the official
+    /// recipes drop them).
     #[arg(long)]
     pad_short: bool,
+    /// Orientation of the written arrays (DICOM and NIfTI inputs): lps, prdit's canonical
+    /// order, or las, the official LIDC data's (to mix with official checkpoints).
+    #[arg(long, value_enum)]
+    orientation: Option<prdit::data::Orientation>,
 }
 
 #[derive(Args)]
@@ -550,6 +573,7 @@ fn sample_cmd(spec: DeviceSpec, args: &SampleArgs, quiet: bool) -> Result<()> {
         seed: args.seed,
         write_x0: args.x0,
         progress: progress::enabled(quiet),
+        data: prdit::sample::DataOverride { orientation: args.orientation, value_range: args.data_range },
     };
     let device = device_for(spec)?;
     let started = std::time::Instant::now();
@@ -671,14 +695,17 @@ fn prepare_cmd(args: &PrepareArgs, quiet: bool) -> Result<()> {
         spacing_mm: args.spacing,
         fov: args.fov,
         pad_short: args.pad_short,
+        orientation: args.orientation,
     };
     let started = std::time::Instant::now();
     let (inputs, failed) = prepare::discover(&args.input);
+    let count = |f: fn(&prepare::Input) -> bool| inputs.iter().filter(|i| f(i)).count();
     eprintln!(
-        "{} volume(s) to prepare ({} DICOM series, {} NIfTI files)",
+        "{} volume(s) to prepare ({} DICOM series, {} NIfTI files, {} .npz arrays)",
         inputs.len(),
-        inputs.iter().filter(|i| matches!(i, prepare::Input::Dicom { .. })).count(),
-        inputs.iter().filter(|i| matches!(i, prepare::Input::Nifti(_))).count()
+        count(|i| matches!(i, prepare::Input::Dicom { .. })),
+        count(|i| matches!(i, prepare::Input::Nifti(_))),
+        count(|i| matches!(i, prepare::Input::Npz(_)))
     );
     let b = progress::bar(inputs.len() as u64, "volumes", progress::enabled(quiet));
     let progress = |done: usize, _total: usize| {
@@ -706,9 +733,11 @@ fn prepare_cmd(args: &PrepareArgs, quiet: bool) -> Result<()> {
         );
     }
     println!(
-        "{} volume(s) of {}³ in {} ({:.1} s); dataset.json written",
+        "{} volume(s) of {}³, values in {}, orientation {}, in {} ({:.1} s); dataset.json written",
         manifest.volumes.len(),
         args.size,
+        opts.value_range().describe(),
+        manifest.orientation.unwrap_or_default().code(),
         args.out.display(),
         started.elapsed().as_secs_f64()
     );

@@ -121,6 +121,7 @@ pub fn run(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<DemoOutcome>
         seed: 0,
         write_x0: false,
         progress: opts.progress,
+        data: Default::default(),
     };
     outcome.samples = Some((samples, sample_job(&job, &opts.device)?));
     Ok(outcome)

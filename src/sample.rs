@@ -11,9 +11,9 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::data::nifti::{read_volume, write_volume};
+use crate::data::nifti::{read_volume, write_volume_oriented};
 use crate::data::preview::write_preview;
-use crate::data::volume::{Volume, Window};
+use crate::data::volume::{Orientation, ValueRange, Volume, Window};
 use crate::device::to_host;
 use crate::diffusion::noise::{Purpose, normal_noise};
 use crate::diffusion::{NOISE_STD, NoiseSource, Sampler, sample};
@@ -152,6 +152,12 @@ pub struct SampleOptions {
     pub write_x0: bool,
     /// Voxel spacing written into the headers (mm).
     pub spacing_mm: [f32; 3],
+    /// The orientation written into the headers: the training data's.
+    #[serde(default)]
+    pub orientation: Orientation,
+    /// The value range of the training data, which the model generates in (and `hu` maps from).
+    #[serde(default)]
+    pub value_range: ValueRange,
 }
 
 impl SampleOptions {
@@ -296,7 +302,7 @@ pub fn run<N: Network>(
     // The manifest is checked against the files: records of volumes that are gone are dropped,
     // volumes written just before a kill (before their manifest entry) are recorded.
     let window = opts.hu;
-    let (lo, hi) = window.map_or((-1.0, 1.0), |w| (w.min_hu, w.max_hu));
+    let [lo, hi] = window.map_or(opts.value_range.bounds(), |w| [w.min_hu, w.max_hu]);
     let before = manifest.volumes.len();
     manifest.volumes.retain(|r| xs.join(file_name(r.index)).is_file());
     let mut changed = manifest.volumes.len() != before;
@@ -338,7 +344,7 @@ pub fn run<N: Network>(
             ));
         }
         let data = match window {
-            Some(w) => data.into_iter().map(|x| w.to_hu(x)).collect(),
+            Some(w) => data.into_iter().map(|x| w.to_hu_from(x, opts.value_range)).collect(),
             None => data,
         };
         Ok(Volume { dims: [size; 3], spacing: opts.spacing_mm, data })
@@ -360,11 +366,16 @@ pub fn run<N: Network>(
             let name = file_name(i);
             let desc = format!("prdit sample {i}, seed {}, {} steps", opts.seed, opts.steps);
             let vol = to_volume(out.x.clone(), j, &xs.join(&name))?;
-            write_volume(&xs.join(&name), &vol, &desc)?;
+            write_volume_oriented(&xs.join(&name), &vol, &desc, opts.orientation)?;
             let mut rows = vec![vol];
             if opts.write_x0 {
                 let v = to_volume(out.x0.clone(), j, &x0_dir.join(&name))?;
-                write_volume(&x0_dir.join(&name), &v, &format!("{desc}, image prediction"))?;
+                write_volume_oriented(
+                    &x0_dir.join(&name),
+                    &v,
+                    &format!("{desc}, image prediction"),
+                    opts.orientation,
+                )?;
                 rows.push(v);
             }
             let refs: Vec<&Volume> = rows.iter().collect();
@@ -421,6 +432,17 @@ pub struct SampleJob {
     pub write_x0: bool,
     /// Show a progress bar (see [`crate::progress`]).
     pub progress: bool,
+    /// The training data's orientation and value range, for a model whose run does not record
+    /// them (an official weights file: by default LAS and [−1, 1], the official LIDC data's).
+    pub data: DataOverride,
+}
+
+/// What a job assumes of the training data when the model's run does not say (see
+/// [`SampleJob::data`]); given for a run that records it, it must agree.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DataOverride {
+    pub orientation: Option<Orientation>,
+    pub value_range: Option<ValueRange>,
 }
 
 /// Runs a job: resolves the model file, reads what its run records about the training data
@@ -442,6 +464,29 @@ pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
             }
         },
     };
+    // The data's orientation and range: the run's record, else what the job says, else (an
+    // official weights file, trained on official LIDC arrays) LAS and [−1, 1].
+    let official = matches!(model, ModelRef::Official { .. });
+    let recorded = info.as_ref().map(|i| (i.orientation, i.value_range));
+    if let Some((o, r)) = recorded {
+        for (given, has, what) in [
+            (job.data.orientation.map(|x| x.code()), o.code(), "orientation"),
+            (job.data.value_range.map(|x| x.describe()), r.describe(), "value range"),
+        ] {
+            if let Some(g) = given.filter(|g| *g != has) {
+                return Err(Error::invalid(
+                    what,
+                    format!("the model's run records its training data's {what} as {has}, not {g}"),
+                ));
+            }
+        }
+    }
+    let orientation = recorded.map(|r| r.0).or(job.data.orientation).unwrap_or(if official {
+        Orientation::Las
+    } else {
+        Orientation::Lps
+    });
+    let value_range = recorded.map(|r| r.1).or(job.data.value_range).unwrap_or_default();
     let opts = SampleOptions {
         out: job.out.clone(),
         num: job.num,
@@ -454,6 +499,8 @@ pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
         hu,
         write_x0: job.write_x0,
         spacing_mm: info.as_ref().map_or([1.0; 3], |i| i.spacing_mm),
+        orientation,
+        value_range,
     };
     let file = model.file();
     let sha256 = sha256_file(file)?;

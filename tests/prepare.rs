@@ -204,7 +204,7 @@ fn broken_inputs_are_named_and_nothing_is_dropped_silently() {
     assert!(e.contains("4 input(s) could not be prepared"), "{e}");
     assert!(e.contains("series-with-gap") && e.contains("a slice is missing"), "{e}");
     assert!(e.contains("truncated.nii.gz"), "{e}");
-    assert!(e.contains("empty") && e.contains("no NIfTI file and no DICOM series"), "{e}");
+    assert!(e.contains("empty") && e.contains("holds no NIfTI file, .npz file or DICOM series"), "{e}");
     assert!(e.contains("not-ct.nii") && e.contains("not a CT in Hounsfield units"), "{e}");
     // The good one is written anyway, and everything is in dataset.json.
     let m = manifest(&out);
@@ -304,4 +304,181 @@ fn lidc_recipe_matches_scipy_step_by_step() {
     let d = max_diff(&model.data, &read("final.f64", 8));
     eprintln!("LIDC recipe: max |prdit − official| = {d:.2e} in model space");
     assert!(d < 1e-5, "the LIDC recipe differs from the official steps by {d}");
+}
+
+/// The RAD-ChestCT recipe against the official operations run by numpy/scipy on a real-CT crop
+/// stored as the release stores scans (`tests/fixtures/zoom/rad_*`, made by
+/// `scripts/make-rad-fixture.py`): the `.npz` reader, the linear zoom, the whole recipe, and
+/// `prepare` end to end with what it records.
+#[test]
+fn rad_chestct_recipe_matches_numpy_step_by_step() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/zoom");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("rad_meta.json")).unwrap()).unwrap();
+    let read = |name: &str| -> Vec<f32> {
+        std::fs::read(dir.join(name))
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let (fov, size) = (meta["fov"].as_u64().unwrap() as usize, meta["size"].as_u64().unwrap() as usize);
+
+    // 1. The .npz (compressed, int16 `ct`) as numpy wrote it.
+    let input = dir.join("rad_input.npz");
+    let a = prdit::data::npz::read_npz_volume(&input).unwrap();
+    let shape: Vec<usize> =
+        meta["input_shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+    assert_eq!((a.key.as_str(), a.dims.to_vec()), ("ct", shape));
+    let raw = Volume { dims: a.dims, spacing: [1.0; 3], data: a.data };
+
+    // 2. Clip, centre crop ((dim − fov) // 2), scipy zoom(order=1, mode='constant', cval=−1000).
+    let mut clipped = raw.clone();
+    clipped.data.iter_mut().for_each(|x| *x = x.clamp(-1000.0, 1000.0));
+    let crop = prdit::prepare::ops::crop_or_pad(&clipped, [fov; 3], -1000.0);
+    let zoomed = prdit::prepare::ops::linear_zoom(&crop, [size; 3], -1000.0);
+    let d = max_diff(&zoomed.data, &read("rad_zoomed.f32"));
+    eprintln!("linear zoom: max |prdit − scipy| = {d:.2e} HU");
+    assert!(d < 1e-3, "the linear zoom differs from scipy by {d} HU");
+
+    // 3. The whole recipe: quantile, clip, min-max to [0, 1].
+    let (out, window) = prdit::prepare::rad_official(&raw, fov, size, false).unwrap();
+    let want = read("rad_final.f32");
+    let d = max_diff(&out.data, &want);
+    eprintln!("RAD recipe: max |prdit − official| = {d:.2e} in [0, 1]");
+    assert!(d < 1e-5, "the RAD-ChestCT recipe differs from the official steps by {d}");
+    let q = meta["quantile_0995"].as_f64().unwrap() as f32;
+    assert!((window[1] - q).abs() < 0.01 && window[0] == meta["min"].as_f64().unwrap() as f32, "{window:?}");
+
+    // 4. `prepare` end to end: the same array, written without an orientation, and the range
+    //    recorded as [0, 1].
+    let tmp = tempfile::tempdir().unwrap();
+    let prepared = tmp.path().join("rad");
+    let (s, f) = (size.to_string(), fov.to_string());
+    let args = [
+        "prepare",
+        "--recipe",
+        "rad-chestct",
+        "--size",
+        &s,
+        "--fov",
+        &f,
+        "--out",
+        prepared.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    let stdout = ok(&prdit(&args, &[]));
+    assert!(stdout.contains("values in [0, 1], orientation array"), "{stdout}");
+    let m = manifest(&prepared);
+    assert_eq!((m["value_range"].as_str(), m["orientation"].as_str()), (Some("[0, 1]"), Some("array")));
+    let v = read_volume(&prepared.join("rad_input.nii.gz")).unwrap();
+    assert_eq!(v.dims, [size; 3]);
+    assert_eq!(v.data, out.data, "prepare writes what the recipe computes");
+    // Smaller than the crop: dropped as the official script does, or padded on request.
+    let (short_out, lidc_out) = (tmp.path().join("short"), tmp.path().join("lidc"));
+    let big = (meta["input_shape"][0].as_u64().unwrap() + 2).to_string();
+    let args = [
+        "prepare",
+        "--recipe",
+        "rad-chestct",
+        "--size",
+        "8",
+        "--fov",
+        &big,
+        "--out",
+        short_out.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    let e = err(&prdit(&args, &[]));
+    assert!(e.contains("rad_input.npz") && e.contains("--pad-short"), "{e}");
+    // An .npz has no spacing: a recipe that resamples refuses it.
+    let args = [
+        "prepare",
+        "--recipe",
+        "lidc",
+        "--size",
+        "8",
+        "--out",
+        lidc_out.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    let e = err(&prdit(&args, &[]));
+    assert!(e.contains("records no voxel spacing"), "{e}");
+}
+
+#[test]
+fn bad_npz_files_are_named_and_nothing_is_written() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/zoom");
+    let tmp = tempfile::tempdir().unwrap();
+    let junk = tmp.path().join("junk.npz");
+    std::fs::write(&junk, b"not a zip").unwrap();
+    for (file, want) in [
+        (dir.join("rad_bad_nokey.npz"), "holds no `ct` or `volume` array (it holds: image)"),
+        (dir.join("rad_bad_2d.npz"), "a 2D array"),
+        (dir.join("rad_bad_4d.npz"), "a 4D array"),
+        (dir.join("rad_bad_nan.npz"), "is not a finite number"),
+        (junk, "not a readable .npz"),
+    ] {
+        let out = tmp.path().join("out");
+        let args = [
+            "prepare",
+            "--recipe",
+            "rad-chestct",
+            "--size",
+            "8",
+            "--fov",
+            "8",
+            "--out",
+            out.to_str().unwrap(),
+            "--input",
+            file.to_str().unwrap(),
+        ];
+        let e = err(&prdit(&args, &[]));
+        assert!(e.contains(file.file_name().unwrap().to_str().unwrap()) && e.contains(want), "{want}: {e}");
+        assert!(!out.join("dataset.json").exists(), "{e}");
+        let written = std::fs::read_dir(&out)
+            .map_or(0, |d| d.flatten().filter(|e| e.path().to_string_lossy().ends_with(".nii.gz")).count());
+        assert_eq!(written, 0, "{e}");
+    }
+}
+
+/// `--orientation las` writes the official LIDC arrays' order: the LPS array mirrored along j,
+/// with an affine that says LAS; the default stays LPS.
+#[test]
+fn las_orientation_mirrors_j_and_says_so() {
+    let ct = samples();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = ct.join("totalseg_abdomen_ct.nii.gz");
+    let prep = |o: Option<&str>| {
+        let out = tmp.path().join(o.unwrap_or("default"));
+        let mut args = vec![
+            "prepare",
+            "--recipe",
+            "generic",
+            "--size",
+            "16",
+            "--out",
+            out.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ];
+        if let Some(o) = o {
+            args.extend(["--orientation", o]);
+        }
+        ok(&prdit(&args, &[]));
+        let (v, axes) =
+            prdit::data::nifti::read_volume_with_axes(&out.join("totalseg_abdomen_ct.nii.gz")).unwrap();
+        (v, prdit::prepare::ops::orientation_code(&axes), manifest(&out))
+    };
+    let (lps, lps_code, lps_m) = prep(None);
+    let (las, las_code, las_m) = prep(Some("las"));
+    assert_eq!((lps_code.as_str(), las_code.as_str()), ("LPS", "LAS"));
+    assert_eq!((lps_m["orientation"].as_str(), las_m["orientation"].as_str()), (Some("LPS"), Some("LAS")));
+    let mirrored = prdit::prepare::ops::permute_flip(&lps, [0, 1, 2], [false, true, false]);
+    assert_eq!(las.data, mirrored.data);
+    assert_ne!(las.data, lps.data);
 }

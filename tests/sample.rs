@@ -284,3 +284,113 @@ fn ode_solvers_sample_in_few_steps() {
     assert!(e.contains("--k"), "{e}");
     assert!(!out.exists());
 }
+
+/// The orientation of the data's arrays and their value range, as `dataset.json` records
+/// them, reach the run (`data.json`), the sample manifest and every written volume: the affine
+/// says the data's orientation, `--hu` maps from the data's range. An official weights file
+/// (which records nothing) generates in the official LIDC arrays' order: LAS.
+#[test]
+fn samples_carry_the_data_orientation_and_value_range() {
+    use prdit::prepare::ops::orientation_code;
+    let dir = tempfile::tempdir().unwrap();
+    // Phantoms in [0, 1], recorded as LAS arrays in [0, 1].
+    let data = data(dir.path(), 6);
+    for e in std::fs::read_dir(&data).unwrap().flatten() {
+        let p = e.path();
+        if p.to_string_lossy().ends_with(".nii.gz") {
+            let mut v = read_volume(&p).unwrap();
+            v.data.iter_mut().for_each(|x| *x = (*x + 1.0) * 0.5);
+            prdit::data::nifti::write_volume(&p, &v, "").unwrap();
+        }
+    }
+    let json = data.join("dataset.json");
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    m["orientation"] = "LAS".into();
+    m["value_range"] = "[0, 1]".into();
+    std::fs::write(&json, m.to_string()).unwrap();
+    let cfg = config(dir.path(), "run.toml", &data, 0, "total_steps = 2\nckpt_every = 2\n");
+    let run = dir.path().join("run");
+    ok(&train("train-local", &cfg, &run, &[], &[]));
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("data.json")).unwrap()).unwrap();
+    assert_eq!((info["orientation"].as_str(), info["value_range"].as_str()), (Some("LAS"), Some("[0, 1]")));
+
+    let out = dir.path().join("hu");
+    let (run_s, out_s) = (run.to_str().unwrap(), out.to_str().unwrap());
+    sample(&[
+        "--run",
+        run_s,
+        "--out",
+        out_s,
+        "--num",
+        "1",
+        "--steps",
+        "4",
+        "--sampler",
+        "deterministic",
+        "--hu",
+        "--x0",
+    ]);
+    let (_, axes) = prdit::data::nifti::read_volume_with_axes(&out.join("xs/sample-00000.nii.gz")).unwrap();
+    assert_eq!(orientation_code(&axes), "LAS");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["options"]["value_range"], "[0, 1]");
+    // The same job in model space: HU = min + x (max − min) with the [0, 1] range.
+    let model = dir.path().join("model");
+    sample(&[
+        "--run",
+        run_s,
+        "--out",
+        model.to_str().unwrap(),
+        "--num",
+        "1",
+        "--steps",
+        "4",
+        "--sampler",
+        "deterministic",
+    ]);
+    let x = read_volume(&model.join("xs/sample-00000.nii.gz")).unwrap();
+    let hu = read_volume(&out.join("xs/sample-00000.nii.gz")).unwrap();
+    let w = prdit::data::phantom::WINDOW;
+    for (a, b) in x.data.iter().zip(&hu.data).step_by(97) {
+        let want = w.min_hu + a * (w.max_hu - w.min_hu);
+        assert!((want - b).abs() < 0.05, "model {a} → {b} HU, want {want}");
+    }
+    // Saying otherwise than the run records is refused.
+    let e = err(&prdit(
+        &["sample", "--run", run_s, "--out", dir.path().join("x").to_str().unwrap(), "--orientation", "lps"],
+        &[],
+    ));
+    assert!(e.contains("records its training data's orientation as LAS, not LPS"), "{e}");
+
+    // Official weights: LAS unless told otherwise.
+    let meta = common::read_meta();
+    let model_toml = dir.path().join("model.toml");
+    std::fs::write(&model_toml, toml::to_string(&meta.config).unwrap()).unwrap();
+    let weights = common::parity_dir().join("parity_weights.safetensors");
+    for (flag, code) in [(None, "LAS"), (Some("lps"), "LPS")] {
+        let out = dir.path().join(format!("official-{code}"));
+        let mut args = vec![
+            "--checkpoint",
+            weights.to_str().unwrap(),
+            "--model",
+            model_toml.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--num",
+            "1",
+            "--steps",
+            "2",
+            "--sampler",
+            "deterministic",
+        ];
+        if let Some(f) = flag {
+            args.extend(["--orientation", f]);
+        }
+        sample(&args);
+        let (_, axes) =
+            prdit::data::nifti::read_volume_with_axes(&out.join("xs/sample-00000.nii.gz")).unwrap();
+        assert_eq!(orientation_code(&axes), code);
+    }
+}

@@ -4,9 +4,10 @@
 pub mod dataset;
 pub mod loader;
 pub mod nifti;
+pub mod npz;
 pub mod phantom;
 pub mod preview;
 pub mod pyrandom;
 pub mod volume;
 
-pub use volume::{Volume, Window};
+pub use volume::{Orientation, ValueRange, Volume, Window};

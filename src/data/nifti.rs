@@ -6,7 +6,7 @@ use std::path::Path;
 
 use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions, writer::WriterOptions};
 
-use super::volume::Volume;
+use super::volume::{Orientation, Volume};
 use crate::error::{Error, Result};
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
@@ -101,6 +101,16 @@ pub fn read_volume_with_axes(path: &Path) -> Result<(Volume, Axes)> {
 /// (i → patient left, j → posterior, k → superior; DICOM's patient axes); `description` goes
 /// into `descrip` (at most 79 bytes are kept).
 pub fn write_volume(path: &Path, vol: &Volume, description: &str) -> Result<()> {
+    write_volume_oriented(path, vol, description, Orientation::Lps)
+}
+
+/// [`write_volume`] declaring `orientation` (no affine at all for [`Orientation::Array`]).
+pub fn write_volume_oriented(
+    path: &Path,
+    vol: &Volume,
+    description: &str,
+    orientation: Orientation,
+) -> Result<()> {
     let [x, y, z] = vol.dims;
     let array = ndarray::Array3::from_shape_vec((x, y, z), vol.data.clone())
         .map_err(|e| bad(path, format!("volume data does not match its dimensions: {e}")))?;
@@ -108,14 +118,16 @@ pub fn write_volume(path: &Path, vol: &Volume, description: &str) -> Result<()> 
     let mut descrip = description.as_bytes().to_vec();
     descrip.truncate(79);
     descrip.resize(80, 0);
+    let signs = orientation.ras_signs();
+    let [gx, gy, gz] = signs.unwrap_or([1.0; 3]);
     let header = NiftiHeader {
         pixdim: [1.0, sx, sy, sz, 1.0, 1.0, 1.0, 1.0],
         xyzt_units: 2 | 8, // mm, s
-        sform_code: 1,
+        sform_code: if signs.is_some() { 1 } else { 0 },
         qform_code: 0,
-        srow_x: [-sx, 0.0, 0.0, 0.0],
-        srow_y: [0.0, -sy, 0.0, 0.0],
-        srow_z: [0.0, 0.0, sz, 0.0],
+        srow_x: [gx * sx, 0.0, 0.0, 0.0],
+        srow_y: [0.0, gy * sy, 0.0, 0.0],
+        srow_z: [0.0, 0.0, gz * sz, 0.0],
         descrip,
         ..NiftiHeader::default()
     };

@@ -378,6 +378,7 @@ pub fn write_dataset(out: &Path, num: usize, size: usize, seed: u64) -> Result<M
         recipe: None,
         options: None,
         orientation: None,
+        value_range: None,
         size: Some(size),
         window_hu: [WINDOW.min_hu, WINDOW.max_hu],
         volumes,

@@ -215,7 +215,7 @@ pub fn evaluate(opts: &FidOptions, device: &Device) -> Result<FidReport> {
     // or [0, 1].
     let clamp = match (opts.clamp, protocol.range) {
         (false, _) => None,
-        (true, Some(Range::MinusOneOne)) => Some([-1.0, 1.0]),
+        (true, Some(r)) if r.bounds().is_some() => r.bounds(),
         (true, _) => match real_first.first().map(|v| v.min_max()).map(|(l, h)| Range::of(l, h)) {
             Some(Range::ZeroOne) => Some([0.0, 1.0]),
             Some(Range::MinusOneOne) => Some([-1.0, 1.0]),

@@ -61,6 +61,15 @@ impl Range {
         }
     }
 
+    /// The interval of a bounded range ([−1, 1], [0, 1]).
+    pub fn bounds(self) -> Option<[f32; 2]> {
+        match self {
+            Range::MinusOneOne => Some([-1.0, 1.0]),
+            Range::ZeroOne => Some([0.0, 1.0]),
+            Range::Hu | Range::Other => None,
+        }
+    }
+
     /// How it reads in messages.
     pub fn describe(self) -> &'static str {
         match self {
@@ -82,7 +91,8 @@ pub enum Preset {
     /// LIDC-IDRI: 128³, [−1, 1], 1000 volumes (the official evaluation with PRDiT-FM's
     /// loader fixes).
     Lidc,
-    /// RAD-ChestCT: as `lidc`.
+    /// RAD-ChestCT: 128³, [0, 1] (the official RAD data, which its loader does not rescale;
+    /// spec §11.3), 1000 volumes.
     RadChestct,
     /// The volumes as they are, all of them.
     #[value(name = "none")]
@@ -114,13 +124,14 @@ pub struct Protocol {
 }
 
 impl Protocol {
-    /// The protocol of a preset: `lidc` and `rad-chestct` (128³, [−1, 1], 1000 volumes each,
-    /// as the official evaluation with PRDiT-FM's loader fixes) and `none` (volumes as they
-    /// are).
+    /// The protocol of a preset: `lidc` (128³, [−1, 1]) and `rad-chestct` (128³, [0, 1]), 1000
+    /// volumes each, each in the range the official data loader gives (spec §11.3) — and
+    /// `none` (volumes as they are).
     pub fn of(preset: Preset) -> Self {
         let p = |size, range, num| Protocol { name: preset.name().to_string(), size, range, num };
         match preset {
-            Preset::Lidc | Preset::RadChestct => p(Some(128), Some(Range::MinusOneOne), Some(1000)),
+            Preset::Lidc => p(Some(128), Some(Range::MinusOneOne), Some(1000)),
+            Preset::RadChestct => p(Some(128), Some(Range::ZeroOne), Some(1000)),
             Preset::AsGiven => p(None, None, None),
         }
     }
@@ -227,11 +238,13 @@ fn prepare_volume(f: &Path, protocol: &Protocol, role: SetRole) -> Result<(Volum
     }
     let (lo, hi) = v.min_max();
     let range = Range::of(lo, hi);
-    if protocol.range == Some(Range::MinusOneOne) {
-        let expected = Range::MinusOneOne.describe();
+    let expected_range = protocol.range.filter(|r| r.bounds().is_some());
+    if let Some(expected_range) = expected_range {
+        let expected = expected_range.describe();
+        let [elo, ehi] = expected_range.bounds().expect("bounded");
         match role {
-            // Real volumes must be model space.
-            SetRole::Real if range != Range::MinusOneOne => {
+            // Real volumes must have the protocol's range.
+            SetRole::Real if range != expected_range => {
                 return Err(Error::data(
                     f,
                     format!(
@@ -242,19 +255,25 @@ fn prepare_volume(f: &Path, protocol: &Protocol, role: SetRole) -> Result<(Volum
                 ));
             }
             SetRole::Real => {}
-            // Generated ones: model space, perhaps overshooting; a [0, 1] or HU set is another scale.
+            // Generated ones: the range, perhaps overshooting; another scale is an error.
             SetRole::Generated { clamp } => {
-                if range == Range::ZeroOne || range == Range::Hu {
+                let other_scale = match expected_range {
+                    Range::MinusOneOne => range == Range::ZeroOne || range == Range::Hu,
+                    // A [0, 1] model overshoots a little; reaching −0.5 is a [−1, 1] set.
+                    _ => range == Range::Hu || lo < -0.5,
+                };
+                if other_scale {
                     return Err(Error::data(
                         f,
                         format!(
-                            "values span [{lo}, {hi}] ({}), but the {} protocol evaluates {expected} (sample without --hu)",
+                            "values span [{lo}, {hi}] ({}), but the {} protocol evaluates {expected} (sample \
+                             without --hu, from a model trained on data in {expected})",
                             range.describe(),
                             protocol.name
                         ),
                     ));
                 }
-                if (lo < -1.0 - ROUNDING || hi > 1.0 + ROUNDING) && clamp.is_none() {
+                if (lo < elo - ROUNDING || hi > ehi + ROUNDING) && clamp.is_none() {
                     return Err(Error::data(
                         f,
                         format!(
@@ -268,10 +287,10 @@ fn prepare_volume(f: &Path, protocol: &Protocol, role: SetRole) -> Result<(Volum
         }
     }
     // Generated volumes into the clamp bounds (under a ranged protocol at least its range).
-    let bounds = match (role, protocol.range) {
+    let bounds = match (role, expected_range) {
         (SetRole::Real, _) => None,
-        (SetRole::Generated { clamp }, Some(Range::MinusOneOne)) => Some(clamp.unwrap_or([-1.0, 1.0])),
-        (SetRole::Generated { clamp }, _) => clamp,
+        (SetRole::Generated { clamp }, Some(r)) => Some(clamp.unwrap_or(r.bounds().expect("bounded"))),
+        (SetRole::Generated { clamp }, None) => clamp,
     };
     let mut clamped = 0;
     if let Some([lo, hi]) = bounds {
@@ -407,4 +426,43 @@ pub fn write_cache(path: &Path, f: &Features) -> Result<()> {
     let encoded = safetensors::serialize(vec![("features", view)], None)
         .map_err(|e| Error::data(path, e.to_string()))?;
     crate::fsio::write_atomic(path, &encoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `rad-chestct` protocol evaluates [0, 1] volumes (the official RAD data): real sets in
+    /// [0, 1], generated ones clamped into it on request, a [−1, 1] set refused.
+    #[test]
+    fn rad_chestct_protocol_is_zero_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let protocol = Protocol { size: None, ..Protocol::of(Preset::RadChestct) };
+        assert_eq!(protocol.range, Some(Range::ZeroOne));
+        let write = |name: &str, lo: f32, hi: f32| -> PathBuf {
+            let f = dir.path().join(name);
+            let data = (0..512).map(|i| lo + (hi - lo) * i as f32 / 511.0).collect();
+            let v = Volume { dims: [8; 3], spacing: [1.0; 3], data };
+            crate::data::nifti::write_volume(&f, &v, "").unwrap();
+            f
+        };
+        let unit = write("unit.nii.gz", 0.0, 1.0);
+        let signed = write("signed.nii.gz", -1.0, 1.0);
+        let over = write("over.nii.gz", -0.1, 1.1);
+        assert!(prepare_volume(&unit, &protocol, SetRole::Real).is_ok());
+        let e = prepare_volume(&signed, &protocol, SetRole::Real).unwrap_err().to_string();
+        assert!(e.contains("evaluates real volumes in [0, 1]"), "{e}");
+        let e =
+            prepare_volume(&signed, &protocol, SetRole::Generated { clamp: None }).unwrap_err().to_string();
+        assert!(e.contains("from a model trained on data in [0, 1]"), "{e}");
+        let e = prepare_volume(&over, &protocol, SetRole::Generated { clamp: None }).unwrap_err().to_string();
+        assert!(e.contains("span [-0.1") && e.contains("--clamp"), "{e}");
+        let (v, clamped, n) =
+            prepare_volume(&over, &protocol, SetRole::Generated { clamp: Some([0.0, 1.0]) }).unwrap();
+        assert_eq!(v.min_max(), (0.0, 1.0));
+        assert!(clamped > 0 && clamped < n / 4, "{clamped} of {n}");
+        // The lidc protocol still wants [−1, 1].
+        let lidc = Protocol { size: None, ..Protocol::of(Preset::Lidc) };
+        assert!(prepare_volume(&signed, &lidc, SetRole::Real).is_ok());
+    }
 }

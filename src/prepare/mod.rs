@@ -1,8 +1,9 @@
-//! `prdit prepare`: from clinical CT (DICOM series, NIfTI in any orientation) to training
-//! volumes (spec §11): HU → canonical LPS orientation → resample to the recipe's spacing
-//! (trilinear) → centre crop / pad with air to the field of view (never dropping a scan) →
-//! resize to `--size` → window → model space [−1, 1]. Writes one NIfTI per input and
-//! `dataset.json`; inputs that cannot be read are listed with the reason, never skipped
+//! `prdit prepare`: from clinical CT (DICOM series, NIfTI in any orientation, RAD-ChestCT
+//! `.npz` arrays) to training volumes (spec §11). The `lidc` and `rad-chestct` recipes are the
+//! official scripts' steps in their order ([`lidc_official`], [`rad_official`]); `generic`
+//! resamples, crops or pads and windows as told. Writes one NIfTI per input and
+//! `dataset.json` (recipe, options, the arrays' orientation and value range); inputs that
+//! cannot be read or that a recipe does not take are listed with the reason, never skipped
 //! silently.
 
 pub mod dicom;
@@ -14,8 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::nifti::{is_nifti, read_volume_with_axes, write_volume};
-use crate::data::volume::Volume;
+use crate::data::nifti::{is_nifti, read_volume_with_axes, write_volume_oriented};
+use crate::data::npz::{is_npz, read_npz_volume};
+use crate::data::volume::{Orientation, ValueRange, Volume};
 use crate::error::{Error, Result};
 use ops::{
     AIR_HU, avg_pool, crop_or_pad, orientation_code, quantile, resample_to_spacing, resize, to_lps,
@@ -30,10 +32,10 @@ pub enum Recipe {
     /// 1 mm, centre crop 256 mm (shorter scans dropped unless `pad_short`), clip below −1000,
     /// clip at the 0.999 quantile of the crop, min-max, the loader's average pool, 2x − 1.
     Lidc,
-    /// RAD-ChestCT, after the official recipe: no resampling, clip [−1000, 1000], 256-voxel
-    /// field of view, then the 99.5th percentile as the upper bound (here after a 2×2×2 mean;
-    /// the official script zooms linearly first, and keeps its data in [0, 1] where prdit
-    /// writes [−1, 1]).
+    /// RAD-ChestCT, the official recipe step by step ([`rad_official`]): clip [−1000, 1000],
+    /// centre crop 256 voxels (no resampling; shorter scans dropped unless `pad_short`), linear
+    /// zoom to the size, clip at the 0.995 quantile, min-max to **[0, 1]** — the range the
+    /// official loader trains on (spec §11.3), recorded in `dataset.json`.
     RadChestct,
     /// Your choice: `--spacing` (default: keep), `--fov` (default: the largest extent, so
     /// nothing is cropped), `--window` (default −1000,1000).
@@ -52,16 +54,22 @@ pub struct PrepareOptions {
     pub spacing_mm: Option<f32>,
     /// Field of view in voxels of the target spacing (generic; overrides the recipe's).
     pub fov: Option<usize>,
-    /// LIDC: pad a scan shorter than the field of view with air instead of dropping it (the
-    /// official script drops it).
+    /// LIDC and RAD-ChestCT: pad a scan shorter than the field of view with air instead of
+    /// dropping it (the official scripts drop it).
     #[serde(default)]
     pub pad_short: bool,
+    /// The orientation of the written arrays (DICOM and NIfTI inputs): LPS (default) or LAS
+    /// (the official LIDC arrays'). `.npz` inputs have none and are written as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orientation: Option<Orientation>,
 }
 
 /// An input found under the given paths.
 #[derive(Debug, Clone)]
 pub enum Input {
     Nifti(PathBuf),
+    /// A NumPy `.npz` holding a `ct` (or `volume`) array in HU: the RAD-ChestCT release.
+    Npz(PathBuf),
     /// A DICOM series: its folder (for naming) and files.
     Dicom {
         folder: PathBuf,
@@ -74,7 +82,7 @@ impl Input {
     /// The path users know it by.
     pub fn source(&self) -> &Path {
         match self {
-            Input::Nifti(p) => p,
+            Input::Nifti(p) | Input::Npz(p) => p,
             Input::Dicom { folder, .. } => folder,
         }
     }
@@ -127,9 +135,14 @@ pub struct Manifest<V = Record> {
     /// `prepare`: all its options.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<PrepareOptions>,
-    /// `prepare`: the axis order of the volumes (`LPS`).
+    /// `prepare`: the orientation of the arrays (`LPS`, `LAS`, or `array` for `.npz` inputs,
+    /// which have none); absent means LPS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub orientation: Option<String>,
+    pub orientation: Option<Orientation>,
+    /// `prepare`: the value range of the volumes (`[-1, 1]`, or `[0, 1]` for the official
+    /// RAD-ChestCT recipe); absent means [−1, 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_range: Option<ValueRange>,
     /// `phantom`: the volume edge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<usize>,
@@ -165,13 +178,15 @@ pub fn discover(paths: &[PathBuf]) -> (Vec<Input>, Vec<Failure>) {
         if p.is_file() {
             if is_nifti(p) {
                 inputs.push(Input::Nifti(p.clone()));
+            } else if is_npz(p) {
+                inputs.push(Input::Npz(p.clone()));
             } else if dicom::is_dicom(p) {
                 let folder = p.parent().unwrap_or(Path::new(".")).to_path_buf();
                 inputs.push(Input::Dicom { folder, uid: String::new(), files: vec![p.clone()] });
             } else {
                 failed.push(Failure {
                     source: p.clone(),
-                    reason: "neither NIfTI (.nii, .nii.gz) nor DICOM".into(),
+                    reason: "neither NIfTI (.nii, .nii.gz), NumPy (.npz) nor DICOM".into(),
                 });
             }
             continue;
@@ -185,6 +200,9 @@ pub fn discover(paths: &[PathBuf]) -> (Vec<Input>, Vec<Failure>) {
         for entry in walk(p) {
             if is_nifti(&entry) {
                 inputs.push(Input::Nifti(entry));
+                found += 1;
+            } else if is_npz(&entry) {
+                inputs.push(Input::Npz(entry));
                 found += 1;
             } else if dicom::is_dicom(&entry) {
                 dicoms.push(entry);
@@ -201,7 +219,7 @@ pub fn discover(paths: &[PathBuf]) -> (Vec<Input>, Vec<Failure>) {
         if found == 0 {
             failed.push(Failure {
                 source: p.clone(),
-                reason: "holds no NIfTI file and no DICOM series".into(),
+                reason: "holds no NIfTI file, .npz file or DICOM series".into(),
             });
         }
     }
@@ -241,6 +259,7 @@ fn output_name(input: &Input, taken: &mut std::collections::BTreeSet<String>) ->
             let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("volume");
             n.trim_end_matches(".gz").trim_end_matches(".nii").to_string()
         }
+        Input::Npz(p) => p.file_stem().and_then(|n| n.to_str()).unwrap_or("volume").to_string(),
         Input::Dicom { folder, .. } => {
             folder.file_name().and_then(|n| n.to_str()).unwrap_or("series").to_string()
         }
@@ -256,24 +275,37 @@ fn output_name(input: &Input, taken: &mut std::collections::BTreeSet<String>) ->
     format!("{name}.nii.gz")
 }
 
-/// The HU volume of an input in LPS order, its source orientation, and load warnings.
+/// Checks that a volume read from `p` is a finite CT in Hounsfield units.
+fn check_hu(p: &Path, v: &Volume) -> Result<()> {
+    if let Some(i) = v.first_non_finite() {
+        return Err(Error::data(p, format!("voxel {i} is not a finite number")));
+    }
+    let (lo, hi) = v.min_max();
+    if lo > -900.0 || !(0.0..=10_000.0).contains(&hi) {
+        return Err(Error::data(
+            p,
+            format!(
+                "values span [{lo}, {hi}]: not a CT in Hounsfield units (expected air near −1000 and tissue above 0)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The HU volume of an input (in LPS order; an `.npz` array as stored, 1 mm assumed), its
+/// source orientation, and load warnings.
 fn load(input: &Input) -> Result<(Volume, String, Option<String>, Vec<String>)> {
     match input {
         Input::Nifti(p) => {
             let (v, axes) = read_volume_with_axes(p)?;
-            if let Some(i) = v.first_non_finite() {
-                return Err(Error::data(p, format!("voxel {i} is not a finite number")));
-            }
-            let (lo, hi) = v.min_max();
-            if lo > -900.0 || !(0.0..=10_000.0).contains(&hi) {
-                return Err(Error::data(
-                    p,
-                    format!(
-                        "values span [{lo}, {hi}]: not a CT in Hounsfield units (expected air near −1000 and tissue above 0)"
-                    ),
-                ));
-            }
+            check_hu(p, &v)?;
             Ok((to_lps(&v, &axes), orientation_code(&axes), None, Vec::new()))
+        }
+        Input::Npz(p) => {
+            let a = read_npz_volume(p)?;
+            let v = Volume { dims: a.dims, spacing: [1.0; 3], data: a.data };
+            check_hu(p, &v)?;
+            Ok((v, format!("array ({})", a.key), None, Vec::new()))
         }
         Input::Dicom { folder, uid, files } => {
             let (v, info) = dicom::read_series(files, folder)?;
@@ -328,18 +360,95 @@ pub fn lidc_official(
     Ok((v, [lo, hi]))
 }
 
-/// Runs the recipe's steps on one HU volume; returns the model-space volume, the window and
-/// the statistics, or why the recipe does not take this volume.
-pub fn process(v: &Volume, opts: &PrepareOptions) -> std::result::Result<(Volume, [f32; 2], Stats), String> {
-    if opts.recipe == Recipe::Lidc && opts.window.is_none() {
-        let (spacing, fov) = (opts.spacing_mm.unwrap_or(1.0), opts.fov.unwrap_or(256));
-        let (model, window) = lidc_official(v, spacing, fov, opts.size, opts.pad_short)?;
-        let hu = Volume {
-            dims: model.dims,
-            spacing: model.spacing,
-            data: model.data.iter().map(|x| window[0] + (x + 1.0) * 0.5 * (window[1] - window[0])).collect(),
+/// The official RAD-ChestCT steps, in their order (`scripts/preproc_rad_chestct.py`; its
+/// loader changes nothing): clip to [−1000, 1000] HU, centre crop `fov`³ of the array as it is
+/// (no resampling; a smaller scan is dropped, or with `pad_short` padded with air), scipy
+/// `zoom(order=1, mode='constant', cval=−1000)` to `size`³ when smaller, clip at the 0.995
+/// quantile, min-max to **[0, 1]**. Returns the volume and the HU window [min, quantile].
+pub fn rad_official(
+    v: &Volume,
+    fov: usize,
+    size: usize,
+    pad_short: bool,
+) -> std::result::Result<(Volume, [f32; 2]), String> {
+    if !pad_short && let Some(k) = (0..3).find(|&k| v.dims[k] < fov) {
+        return Err(format!(
+            "{} voxels along axis {k}, fewer than the recipe's {fov}-voxel crop: the official recipe drops such \
+             scans (--pad-short pads them with air instead)",
+            v.dims[k]
+        ));
+    }
+    let mut clipped = v.clone();
+    clipped.data.iter_mut().for_each(|x| *x = x.clamp(-1000.0, 1000.0));
+    let crop = crop_or_pad(&clipped, [fov; 3], AIR_HU);
+    let mut out = if size == fov { crop } else { ops::linear_zoom(&crop, [size; 3], AIR_HU) };
+    let q = quantile(&out.data, 0.995);
+    out.data.iter_mut().for_each(|x| *x = x.clamp(-1000.0, q));
+    let (lo, hi) = out.min_max();
+    if hi <= lo {
+        return Err(format!("the volume is constant ({lo} HU) after clipping"));
+    }
+    out.data.iter_mut().for_each(|x| *x = (*x - lo) / (hi - lo));
+    Ok((out, [lo, hi]))
+}
+
+impl PrepareOptions {
+    /// Whether the official steps run ([`lidc_official`], [`rad_official`]): the `lidc` and
+    /// `rad-chestct` recipes without `--window` (and, for RAD-ChestCT, without `--spacing`).
+    pub fn official_steps(&self) -> bool {
+        self.window.is_none()
+            && match self.recipe {
+                Recipe::Lidc => true,
+                Recipe::RadChestct => self.spacing_mm.is_none(),
+                Recipe::Generic => false,
+            }
+    }
+
+    /// The value range the volumes are written in: [0, 1] for the official RAD-ChestCT steps,
+    /// [−1, 1] otherwise.
+    pub fn value_range(&self) -> ValueRange {
+        if self.recipe == Recipe::RadChestct && self.official_steps() {
+            ValueRange::ZeroOne
+        } else {
+            ValueRange::MinusOneOne
+        }
+    }
+}
+
+/// Runs the recipe's steps on one HU volume (`has_spacing`: whether the input knows its voxel
+/// size; an `.npz` does not); returns the volume (in [`PrepareOptions::value_range`]), the
+/// window and the statistics, or why the recipe does not take this volume.
+pub fn process(
+    v: &Volume,
+    opts: &PrepareOptions,
+    has_spacing: bool,
+) -> std::result::Result<(Volume, [f32; 2], Stats), String> {
+    let resamples = match opts.recipe {
+        Recipe::Lidc => true,
+        Recipe::RadChestct | Recipe::Generic => opts.spacing_mm.is_some(),
+    };
+    if resamples && !has_spacing {
+        return Err("an .npz array records no voxel spacing, and this recipe resamples to a spacing: use \
+                    --recipe rad-chestct (no resampling) or generic without --spacing"
+            .into());
+    }
+    if opts.official_steps() {
+        let (fov, size, pad) = (opts.fov.unwrap_or(256), opts.size, opts.pad_short);
+        let (out, window) = match opts.recipe {
+            Recipe::Lidc => lidc_official(v, opts.spacing_mm.unwrap_or(1.0), fov, size, pad)?,
+            _ => rad_official(v, fov, size, pad)?,
         };
-        return Ok((model, window, stats(&hu)));
+        let [lo, hi] = opts.value_range().bounds();
+        let hu = Volume {
+            dims: out.dims,
+            spacing: out.spacing,
+            data: out
+                .data
+                .iter()
+                .map(|x| window[0] + (x - lo) / (hi - lo) * (window[1] - window[0]))
+                .collect(),
+        };
+        return Ok((out, window, stats(&hu)));
     }
     let (spacing, fov) = match opts.recipe {
         Recipe::Lidc => (Some(opts.spacing_mm.unwrap_or(1.0)), Some(opts.fov.unwrap_or(256))),
@@ -414,6 +523,7 @@ pub fn run(
         }
         return Err(Error::Files { what: "inputs".into(), problems });
     }
+    let orientation = dataset_orientation(inputs, opts)?;
     let _lock = crate::fsio::FolderLock::acquire(out)?;
     let mut taken = std::collections::BTreeSet::new();
     let names: Vec<String> = inputs.iter().map(|i| output_name(i, &mut taken)).collect();
@@ -428,7 +538,8 @@ pub fn run(
                     if i >= inputs.len() {
                         break;
                     }
-                    let r = prepare_one(&inputs[i], &names[i], out, opts).map_err(|e| e.to_string());
+                    let r =
+                        prepare_one(&inputs[i], &names[i], out, opts, orientation).map_err(|e| e.to_string());
                     results.lock().expect("not poisoned").push((i, r));
                     progress(done.fetch_add(1, Ordering::SeqCst) + 1, inputs.len());
                 }
@@ -462,7 +573,8 @@ pub fn run(
         source: None,
         recipe: Some(opts.recipe),
         options: Some(opts.clone()),
-        orientation: Some("LPS".into()),
+        orientation: Some(orientation),
+        value_range: Some(opts.value_range()),
         size: None,
         window_hu,
         volumes,
@@ -473,12 +585,52 @@ pub fn run(
     Ok(manifest)
 }
 
-fn prepare_one(input: &Input, name: &str, out: &Path, opts: &PrepareOptions) -> Result<Record> {
+/// The one orientation of a dataset's arrays: `array` when the inputs are `.npz` arrays,
+/// else `--orientation` (LPS by default). Both kinds at once is an error.
+fn dataset_orientation(inputs: &[Input], opts: &PrepareOptions) -> Result<Orientation> {
+    let arrays = inputs.iter().filter(|i| matches!(i, Input::Npz(_))).count();
+    if arrays == 0 {
+        return Ok(opts.orientation.unwrap_or_default());
+    }
+    let problem = if arrays < inputs.len() {
+        Some(format!(
+            "{} .npz arrays (no orientation) and {} DICOM/NIfTI volumes (oriented) cannot share a dataset: \
+             prepare them into separate folders",
+            arrays,
+            inputs.len() - arrays
+        ))
+    } else {
+        opts.orientation.map(|o| {
+            format!(
+                "--orientation {} needs an orientation to start from, and an .npz array has none",
+                o.code()
+            )
+        })
+    };
+    match problem {
+        Some(p) => Err(Error::invalid("orientation", p)),
+        None => Ok(Orientation::Array),
+    }
+}
+
+fn prepare_one(
+    input: &Input,
+    name: &str,
+    out: &Path,
+    opts: &PrepareOptions,
+    orientation: Orientation,
+) -> Result<Record> {
     let started = std::time::Instant::now();
     let (hu, orientation_in, series_uid, warnings) = load(input)?;
-    let (model, window, stats) = process(&hu, opts).map_err(|reason| Error::data(input.source(), reason))?;
+    let has_spacing = !matches!(input, Input::Npz(_));
+    let (mut model, window, stats) =
+        process(&hu, opts, has_spacing).map_err(|reason| Error::data(input.source(), reason))?;
+    if orientation == Orientation::Las {
+        // LPS → LAS: j runs toward anterior.
+        model = ops::permute_flip(&model, [0, 1, 2], [false, true, false]);
+    }
     let desc = format!("prdit prepare {:?}, window [{:.0}, {:.0}] HU", opts.recipe, window[0], window[1]);
-    write_volume(&out.join(name), &model, &desc)?;
+    write_volume_oriented(&out.join(name), &model, &desc, orientation)?;
     Ok(Record {
         file: name.to_string(),
         source: input.source().to_path_buf(),
@@ -511,6 +663,7 @@ mod tests {
             spacing_mm: None,
             fov: None,
             pad_short: false,
+            orientation: None,
         };
         let (inputs, failed) = discover(&[hu, dir.path().join("missing.nii.gz")]);
         let out = dir.path().join("prepared");
@@ -519,7 +672,8 @@ mod tests {
         let text = std::fs::read_to_string(out.join("dataset.json")).unwrap();
         let pos =
             |k: &str| text.find(&format!("\n  \"{k}\"")).unwrap_or_else(|| panic!("{k} missing: {text}"));
-        let order = ["recipe", "options", "orientation", "window_hu", "volumes", "failed"].map(pos);
+        let order =
+            ["recipe", "options", "orientation", "value_range", "window_hu", "volumes", "failed"].map(pos);
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
         assert!(!text.contains("\n  \"source\"") && !text.contains("\n  \"size\""), "{text}");
         let back: Manifest = serde_json::from_str(&text).unwrap();

@@ -214,6 +214,47 @@ fn spline_axis(v: &Volume, axis: usize, out: usize) -> Volume {
     Volume { dims, spacing, data }
 }
 
+/// `scipy.ndimage.zoom(v, order=1, mode='constant', cval=fill)` to `out` voxels per axis (the
+/// official RAD-ChestCT downsampling): output voxel `o` samples the input at
+/// `o·(n − 1)/(out − 1)` by linear interpolation, neighbours beyond the edge taken as `fill`.
+/// Separable, float64 per line.
+pub fn linear_zoom(v: &Volume, out: [usize; 3], fill: f32) -> Volume {
+    let mut cur = v.clone();
+    for (axis, &m) in out.iter().enumerate() {
+        let n = cur.dims[axis];
+        let scale = if m > 1 { (n - 1) as f64 / (m - 1) as f64 } else { 0.0 };
+        let mut dims = cur.dims;
+        dims[axis] = m;
+        let strides = [cur.dims[1] * cur.dims[2], cur.dims[2], 1];
+        let out_strides = [dims[1] * dims[2], dims[2], 1];
+        let others: Vec<usize> = (0..3).filter(|&a| a != axis).collect();
+        let taps: Vec<(usize, f64)> = (0..m)
+            .map(|o| {
+                let x = o as f64 * scale;
+                let i = x.floor() as usize;
+                (i, x - i as f64)
+            })
+            .collect();
+        let mut data = vec![0f32; dims.iter().product()];
+        for p in 0..cur.dims[others[0]] {
+            for q in 0..cur.dims[others[1]] {
+                let base = p * strides[others[0]] + q * strides[others[1]];
+                let out_base = p * out_strides[others[0]] + q * out_strides[others[1]];
+                let at =
+                    |i: usize| if i < n { cur.data[base + i * strides[axis]] as f64 } else { fill as f64 };
+                for (o, &(i, f)) in taps.iter().enumerate() {
+                    let value = if f == 0.0 { at(i) } else { (1.0 - f) * at(i) + f * at(i + 1) };
+                    data[out_base + o * out_strides[axis]] = value as f32;
+                }
+            }
+        }
+        let mut spacing = cur.spacing;
+        spacing[axis] = if m > 1 { cur.spacing[axis] * scale as f32 } else { cur.spacing[axis] };
+        cur = Volume { dims, spacing, data };
+    }
+    cur
+}
+
 /// Trilinear resize to `size`³ (`align_corners=False`).
 pub fn resize(v: &Volume, size: [usize; 3]) -> Volume {
     let mut out = v.clone();

@@ -12,34 +12,60 @@ use super::run::RunDir;
 use crate::config::RunConfig;
 use crate::data::dataset::{Dataset, list_volumes, split};
 use crate::data::loader::BatchPlan;
+use crate::data::volume::{Orientation, ValueRange};
 use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
 
 /// What a run records about its data for sampling: the volume size, the voxel spacing of
-/// its first training volume, and the HU window of the dataset (from the `dataset.json`
-/// that `prdit prepare` and `prdit phantom` write next to the volumes), if known.
+/// its first training volume, and what the `dataset.json` next to the volumes (written by
+/// `prdit prepare` and `prdit phantom`) says: the HU window, the arrays' orientation and their
+/// value range (absent from older files and folders without one: LPS, [−1, 1]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataInfo {
     pub size: usize,
     pub spacing_mm: [f32; 3],
     pub window_hu: Option<[f32; 2]>,
+    #[serde(default)]
+    pub orientation: Orientation,
+    #[serde(default)]
+    pub value_range: ValueRange,
     pub first_volume: PathBuf,
 }
 
+/// The parts of a `dataset.json` a run reads (both writers' files have them, or lack them).
+#[derive(Deserialize)]
+struct DatasetSummary {
+    window_hu: Option<[f32; 2]>,
+    #[serde(default)]
+    orientation: Option<Orientation>,
+    #[serde(default)]
+    value_range: Option<ValueRange>,
+}
+
 impl DataInfo {
-    /// Reads it from the first training file and its folder's `dataset.json`.
+    /// Reads it from the first training file and its folder's `dataset.json` (an unreadable
+    /// one is an error naming it).
     pub fn of(first: &Path, size: usize) -> Result<Self> {
         let vol = crate::data::nifti::read_volume(first)?;
-        let manifest = first.parent().map(|d| d.join("dataset.json"));
-        let window_hu = manifest
-            .filter(|m| m.is_file())
-            .and_then(|m| std::fs::read_to_string(m).ok())
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| {
-                let w = v.get("window_hu")?.as_array()?.clone();
-                Some([w.first()?.as_f64()? as f32, w.get(1)?.as_f64()? as f32])
-            });
-        Ok(DataInfo { size, spacing_mm: vol.spacing, window_hu, first_volume: first.to_path_buf() })
+        let manifest = first.parent().map(|d| d.join("dataset.json")).filter(|m| m.is_file());
+        let summary = match manifest {
+            Some(m) => {
+                let text = std::fs::read_to_string(&m).map_err(|e| Error::io(&m, e))?;
+                Some(
+                    serde_json::from_str::<DatasetSummary>(&text)
+                        .map_err(|e| Error::data(&m, format!("unreadable dataset description: {e}")))?,
+                )
+            }
+            None => None,
+        };
+        Ok(DataInfo {
+            size,
+            spacing_mm: vol.spacing,
+            window_hu: summary.as_ref().and_then(|s| s.window_hu),
+            orientation: summary.as_ref().and_then(|s| s.orientation).unwrap_or_default(),
+            value_range: summary.as_ref().and_then(|s| s.value_range).unwrap_or_default(),
+            first_volume: first.to_path_buf(),
+        })
     }
 
     /// Reads `data.json` of a run directory.
