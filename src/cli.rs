@@ -236,10 +236,14 @@ pub struct EvalFidArgs {
     /// Generated volumes: a folder (e.g. the xs/ of `prdit sample`) or a list file.
     #[arg(long)]
     fake: PathBuf,
-    /// MedicalNet weights (resnet_50.pth, resnet_50_23dataset.pth, …).
+    /// MedicalNet weights: the pretrained 3D ResNet .pth files published with the
+    /// Tencent/MedicalNet repository (its pretrain/ release). Known by SHA-256:
+    /// resnet_50.pth (5b6189ca…cbd84, PRDiT's README) and resnet_50_23dataset.pth
+    /// (ff48a622…a246e, PRDiT-FM); any MedicalNet ResNet-10/18/34/50 file loads.
     #[arg(long, required_unless_present = "test_formula_weights")]
     weights: Option<PathBuf>,
-    /// Protocol: lidc, rad-chestct (128³, [-1, 1], 1000 volumes) or none (as given).
+    /// Protocol: lidc (128³, [-1, 1], 1000 volumes), rad-chestct (128³, [0, 1], 1000 volumes)
+    /// or none (as given).
     #[arg(long, value_enum, default_value_t = Preset::Lidc)]
     preset: Preset,
     /// Evaluate the first N volumes of each set instead of the preset's count.
@@ -384,9 +388,10 @@ pub struct DemoArgs {
     /// Output folder.
     #[arg(long, default_value = "prdit-demo")]
     out: PathBuf,
-    /// Training steps of each stage.
-    #[arg(long, default_value_t = 200)]
-    steps: u64,
+    /// Training steps of each stage (default: 300 for stage 1, 400 for stage 2, what the
+    /// demo needs to generate the phantom's anatomy).
+    #[arg(long)]
+    steps: Option<u64>,
 }
 
 #[derive(Args)]
@@ -503,7 +508,7 @@ fn print_summary(s: &Summary) {
     let state = if s.interrupted { "interrupted" } else { "finished" };
     println!("{state} at step {}/{} in {}", s.step, s.total_steps, s.run_dir.display());
     if let Some(l) = s.last_loss {
-        println!("  last loss {l:.5}");
+        println!("  loss of the last step {l:.5} (the log lines show means over log_every steps)");
     }
     if let Some((step, v)) = s.best {
         println!("  best validation image MSE {v:.6} at step {step}");
@@ -643,8 +648,14 @@ fn bench_cmd(spec: DeviceSpec, args: &BenchArgs, started: std::time::Instant) ->
         since: started,
     };
     let stage2 = PrditConfig::from_name(&args.model, args.size)?;
+    for line in prdit::bench::CaseResult::header() {
+        println!("{line}");
+    }
     let cases = prdit::bench::run_cases(&bench, &stage2, args.what, args.batch, &mut |r| {
         println!("{}", r.line());
+        if let Some(cold) = r.cold_start_s {
+            println!("  cold start: {cold:.1} s from process start to the end of this first step");
+        }
         if r.case.starts_with("pc-step ") {
             println!("  → {:.1} s per volume at 1000 steps", prdit::bench::seconds_per_volume_1000(r));
         }
@@ -795,13 +806,19 @@ fn demo_cmd(spec: DeviceSpec, args: &DemoArgs, quiet: bool) -> Result<()> {
         let last = std::fs::read_dir(run.run_dir.join("previews")).ok().and_then(|d| {
             d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "png")).max()
         });
-        println!("  run        {}  (metrics.jsonl, checkpoints/)", run.run_dir.display());
+        println!("  run        {}  (train.log, metrics.jsonl, checkpoints/)", run.run_dir.display());
+        println!("  curves     {}", run.run_dir.join("progress.png").display());
         if let Some(p) = last {
-            println!("  preview    {}  (rows: volume, noisy at t=100, reconstruction)", p.display());
+            println!("  preview    {}  (rows: data, noisy at t=100, reconstruction)", p.display());
         }
     }
     if let Some((samples, _)) = &outcome.samples {
         println!("  samples    {}  (xs/*.nii.gz, previews/*.png, manifest.json)", samples.display());
+    }
+    if let Some((real, fake)) = &outcome.anatomy {
+        println!("\nwhat the volumes are made of (HU classes):");
+        println!("  training phantoms  {real}");
+        println!("  generated volumes  {fake}");
     }
     Ok(())
 }
@@ -816,7 +833,8 @@ fn inspect_cmd(spec: DeviceSpec, args: InspectArgs) -> Result<()> {
         }
         Ok(selected)
     };
-    let inspection = inspect::inspect(&opts, select).map_err(|e| with_flags(e, &[("model", "--model")]))?;
+    let inspection = inspect::inspect(&opts, select)
+        .map_err(|e| with_flags(e, &[("model", "--model"), ("size", "--size")]))?;
     if args.json {
         println!("{}", json_text(&inspection)?);
     } else {

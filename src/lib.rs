@@ -15,6 +15,7 @@ pub mod demo;
 pub mod denoiser;
 pub mod device;
 pub mod diffusion;
+pub mod draw;
 pub mod error;
 pub mod eval;
 pub mod fsio;

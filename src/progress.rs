@@ -27,6 +27,13 @@ pub fn bar(len: u64, what: &str, enabled: bool) -> Option<ProgressBar> {
     })
 }
 
+/// Sets a bar to `pos` (a resumed run) without counting those units into its rate: the rate
+/// and ETA then come from the units done in this process only.
+pub fn resume_at(bar: &ProgressBar, pos: u64) {
+    bar.set_position(pos);
+    bar.reset_eta();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,5 +45,18 @@ mod tests {
         b.set_position(3);
         assert_eq!(b.position(), 3);
         assert_eq!(b.length(), Some(10));
+    }
+
+    #[test]
+    fn a_resumed_bar_rates_only_new_steps() {
+        let b = ProgressBar::hidden();
+        b.set_length(100_000);
+        resume_at(&b, 50_000);
+        for _ in 0..5 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            b.inc(1);
+        }
+        // About 50 steps/s; the 50 000 steps before the resume would make it thousands.
+        assert!(b.per_sec() < 500.0, "{} steps/s", b.per_sec());
     }
 }

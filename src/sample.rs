@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::data::nifti::{read_volume, write_volume_oriented};
-use crate::data::preview::write_preview;
+use crate::data::preview::{Preview, write_preview};
 use crate::data::volume::{Orientation, ValueRange, Volume, Window};
 use crate::device::to_host;
 use crate::diffusion::noise::{Purpose, normal_noise};
@@ -158,6 +158,47 @@ pub struct SampleOptions {
     /// The value range of the training data, which the model generates in (and `hu` maps from).
     #[serde(default)]
     pub value_range: ValueRange,
+    /// The HU window of the training data, for previews in HU (unknown for official weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_window_hu: Option<Window>,
+}
+
+impl SampleOptions {
+    /// Writes the preview of volume `i` (`rows`: the volume, and the last image prediction
+    /// when written), in HU over the data's window when it is known.
+    fn write_preview(&self, png: &Path, i: usize, network: &str, rows: &[Volume]) -> Result<()> {
+        let sampler = format!("{:?}", self.sampler).to_lowercase();
+        let title = format!(
+            "{} · seed {}, stream {i} · {sampler} sampler, {} steps · {network}",
+            file_name(i).trim_end_matches(".nii.gz"),
+            self.seed,
+            self.steps
+        );
+        let stated = |w: Window, whose: &str| format!("window [{:.0}, {:.0}] HU{whose}", w.min_hu, w.max_hu);
+        let (window, window_label, shown): ([f32; 2], String, Vec<Volume>) =
+            match (self.hu, self.data_window_hu) {
+                (Some(w), _) => ([w.min_hu, w.max_hu], stated(w, ""), rows.to_vec()),
+                (None, Some(w)) => {
+                    let to_hu = |v: &Volume| Volume {
+                        data: v.data.iter().map(|x| w.to_hu_from(*x, self.value_range)).collect(),
+                        ..v.clone()
+                    };
+                    (
+                        [w.min_hu, w.max_hu],
+                        stated(w, " (the training data's)"),
+                        rows.iter().map(to_hu).collect(),
+                    )
+                }
+                (None, None) => (
+                    self.value_range.bounds(),
+                    format!("model space {}", self.value_range.describe()),
+                    rows.to_vec(),
+                ),
+            };
+        let labels = ["generated volume", "last image prediction"];
+        let rows = shown.iter().zip(labels).map(|(v, l)| (l.to_string(), v)).collect();
+        write_preview(png, &Preview { title, rows, window, window_label, orientation: self.orientation })
+    }
 }
 
 impl SampleOptions {
@@ -302,7 +343,7 @@ pub fn run<N: Network>(
     // The manifest is checked against the files: records of volumes that are gone are dropped,
     // volumes written just before a kill (before their manifest entry) are recorded.
     let window = opts.hu;
-    let [lo, hi] = window.map_or(opts.value_range.bounds(), |w| [w.min_hu, w.max_hu]);
+    let network = manifest.source.network.clone();
     let before = manifest.volumes.len();
     manifest.volumes.retain(|r| xs.join(file_name(r.index)).is_file());
     let mut changed = manifest.volumes.len() != before;
@@ -322,7 +363,7 @@ pub fn run<N: Network>(
         let png = previews.join(preview_name(i));
         if !png.is_file() {
             let vol = read_volume(&xs.join(file_name(i)))?;
-            write_preview(&png, &[&vol], lo, hi)?;
+            opts.write_preview(&png, i, &network, &[vol])?;
         }
     }
     manifest.volumes.sort_by_key(|r| r.index);
@@ -364,7 +405,7 @@ pub fn run<N: Network>(
         let seconds = started.elapsed().as_secs_f64() / indices.len() as f64;
         for (j, &i) in indices.iter().enumerate() {
             let name = file_name(i);
-            let desc = format!("prdit sample {i}, seed {}, {} steps", opts.seed, opts.steps);
+            let desc = format!("prdit sample {i}: seed {} stream {i}, {} steps", opts.seed, opts.steps);
             let vol = to_volume(out.x.clone(), j, &xs.join(&name))?;
             write_volume_oriented(&xs.join(&name), &vol, &desc, opts.orientation)?;
             let mut rows = vec![vol];
@@ -378,8 +419,7 @@ pub fn run<N: Network>(
                 )?;
                 rows.push(v);
             }
-            let refs: Vec<&Volume> = rows.iter().collect();
-            write_preview(&previews.join(preview_name(i)), &refs, lo, hi)?;
+            opts.write_preview(&previews.join(preview_name(i)), i, &network, &rows)?;
             crate::train::run::fault("abort-before-manifest", i as u64);
             manifest.volumes.retain(|r| r.index != i);
             manifest.volumes.push(record(i, opts, Some(seconds)));
@@ -501,6 +541,10 @@ pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
         spacing_mm: info.as_ref().map_or([1.0; 3], |i| i.spacing_mm),
         orientation,
         value_range,
+        data_window_hu: info
+            .as_ref()
+            .and_then(|i| i.window_hu)
+            .map(|[lo, hi]| Window { min_hu: lo, max_hu: hi }),
     };
     let file = model.file();
     let sha256 = sha256_file(file)?;

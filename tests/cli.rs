@@ -167,3 +167,24 @@ fn help_has_examples_and_no_gpu_clutter() {
         assert_eq!(out.contains("--kernel-cache"), gpu, "{cmd}");
     }
 }
+
+/// The demo end to end (2 steps per stage instead of its 300 and 400): runs with curves,
+/// samples with previews, and the tissue mix of samples next to the training phantoms.
+#[test]
+fn demo_runs_and_reports_what_it_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let o = prdit(&["--device", "cpu", "demo", "--out", out.to_str().unwrap(), "--steps", "2"]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        stdout.contains("training phantoms  air ") && stdout.contains("generated volumes  air "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("lung volume"), "{stdout}");
+    for run in ["runs/local", "runs/global"] {
+        assert!(out.join(run).join("progress.png").is_file(), "{run}");
+    }
+    assert!(out.join("samples/previews/sample-00001.png").is_file());
+    assert!(!stdout.contains('\u{1b}') && !err.contains('\u{1b}'), "no ANSI codes off a terminal");
+}

@@ -390,6 +390,71 @@ pub fn write_dataset(out: &Path, num: usize, size: usize, seed: u64) -> Result<M
     Ok(manifest)
 }
 
+/// What a chest volume is made of, by HU class: air (< −950), lung (−950 to −500), soft tissue
+/// (−500 to 200, fat to blood) and bone (≥ 200), as fractions of the volume, and the lung
+/// volume in mL. A number to tell generated anatomy from texture: samples of a model that
+/// learned the phantom have the training phantoms' mix.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct TissueMix {
+    pub air: f64,
+    pub lung: f64,
+    pub soft: f64,
+    pub bone: f64,
+    pub lung_ml: f64,
+}
+
+impl TissueMix {
+    /// The mix of a volume in HU.
+    pub fn of_hu(v: &Volume) -> Self {
+        let mut n = [0usize; 4];
+        for &x in &v.data {
+            let class = match x {
+                x if x < -950.0 => 0,
+                x if x < -500.0 => 1,
+                x if x < 200.0 => 2,
+                _ => 3,
+            };
+            n[class] += 1;
+        }
+        let total = v.data.len().max(1) as f64;
+        let voxel_ml = v.spacing.iter().map(|&s| s as f64).product::<f64>() / 1000.0;
+        TissueMix {
+            air: n[0] as f64 / total,
+            lung: n[1] as f64 / total,
+            soft: n[2] as f64 / total,
+            bone: n[3] as f64 / total,
+            lung_ml: n[1] as f64 * voxel_ml,
+        }
+    }
+
+    /// The mean mix of several volumes.
+    pub fn mean(mixes: &[TissueMix]) -> Self {
+        let k = mixes.len().max(1) as f64;
+        let sum = |f: fn(&TissueMix) -> f64| mixes.iter().map(f).sum::<f64>() / k;
+        TissueMix {
+            air: sum(|m| m.air),
+            lung: sum(|m| m.lung),
+            soft: sum(|m| m.soft),
+            bone: sum(|m| m.bone),
+            lung_ml: sum(|m| m.lung_ml),
+        }
+    }
+}
+
+impl std::fmt::Display for TissueMix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "air {:.1}%, lung {:.1}%, soft tissue {:.1}%, bone {:.1}%; lung volume {:.0} mL",
+            100.0 * self.air,
+            100.0 * self.lung,
+            100.0 * self.soft,
+            100.0 * self.bone,
+            self.lung_ml
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

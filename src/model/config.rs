@@ -120,7 +120,10 @@ impl PrditConfig {
             mlp_ratio: DEFAULT_MLP_RATIO,
             frequency_size: DEFAULT_FREQUENCY_SIZE,
         };
-        cfg.validate().map_err(|e| bad(e.to_string()))?;
+        // The name is fine; the volume size (or the depth of an `L` name) is what does not fit.
+        cfg.validate().map_err(|e| {
+            Error::invalid("size", format!("{name} does not fit volumes of {input_size}³: {e}"))
+        })?;
         Ok(cfg)
     }
 

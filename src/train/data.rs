@@ -99,6 +99,8 @@ pub struct RunData {
     /// `None` when the run has no validation volumes.
     pub val: Option<Dataset>,
     pub plan: BatchPlan,
+    /// What the run records about its data (`data.json`).
+    pub info: DataInfo,
 }
 
 impl RunData {
@@ -140,6 +142,6 @@ impl RunData {
             serde_json::to_string_pretty(&info).expect("serialises").as_bytes(),
         )?;
         let plan = BatchPlan::new((0..train.len()).collect(), cfg.train.batch_size, cfg.train.seed)?;
-        Ok(RunData { train, val, plan })
+        Ok(RunData { train, val, plan, info })
     }
 }

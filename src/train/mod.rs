@@ -9,6 +9,7 @@ pub mod data;
 pub mod ema;
 pub mod evaluate;
 pub mod optim;
+pub mod plot;
 pub mod report;
 pub mod run;
 pub mod stage2;
@@ -25,7 +26,7 @@ use serde::Serialize;
 
 use crate::config::RunConfig;
 use crate::data::loader::Loader;
-use crate::data::preview::write_preview;
+use crate::data::preview::{Preview, write_preview};
 use crate::error::{Error, Result};
 use crate::fsio::FolderLock;
 use crate::model::Prdit;
@@ -331,7 +332,7 @@ impl<N: Trainable> Session<'_, N> {
         {
             self.save()?;
         }
-        report.finish();
+        report.finish(self.state.step);
         let checkpoint = match self.last_ckpt {
             Some(c) => Some(c.dir),
             None => self.run.latest()?.map(|c| c.dir),
@@ -366,7 +367,35 @@ impl<N: Trainable> Session<'_, N> {
             self.state.best = Some((step, mse));
         }
         let png = self.run.previews().join(format!("step-{step:09}.png"));
-        write_preview(&png, &[&views[0], &views[1], &views[2]], -1.0, 1.0)?;
+        let info = &self.data.info;
+        let (window, window_label, views) = match info.window_hu {
+            // In HU through the data's window, shown over that window.
+            Some([lo, hi]) => {
+                let w = crate::data::Window { min_hu: lo, max_hu: hi };
+                let hu = views.map(|mut v| {
+                    v.data.iter_mut().for_each(|x| *x = w.to_hu_from(*x, info.value_range));
+                    v
+                });
+                ([lo, hi], format!("window [{lo:.0}, {hi:.0}] HU"), hu)
+            }
+            None => {
+                (info.value_range.bounds(), format!("model space {}", info.value_range.describe()), views)
+            }
+        };
+        let run_name =
+            self.run.root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let preview = Preview {
+            title: format!("{run_name} · step {step} · validation volume 1, EMA weights, t = {VAL_T}"),
+            rows: vec![
+                ("data".into(), &views[0]),
+                (format!("noisy input (t = {VAL_T})"), &views[1]),
+                ("reconstruction".into(), &views[2]),
+            ],
+            window,
+            window_label,
+            orientation: info.orientation,
+        };
+        write_preview(&png, &preview)?;
         report.eval(step, mse, better)
     }
 

@@ -75,7 +75,10 @@ impl Reporter {
             .append(true)
             .open(&log_path)
             .map_err(|e| Error::io(&log_path, e))?;
-        let bar = crate::progress::bar(total, "steps", progress).map(|b| b.with_position(step));
+        let bar = crate::progress::bar(total, "steps", progress);
+        if let Some(b) = &bar {
+            crate::progress::resume_at(b, step);
+        }
         Ok(Reporter {
             path: path.to_path_buf(),
             file,
@@ -153,13 +156,27 @@ impl Reporter {
         self.record(rec)
     }
 
-    /// Writes an evaluation record.
+    /// Writes an evaluation record, and redraws `progress.png`.
     pub fn eval(&mut self, step: u64, val_mse: f64, best: bool) -> Result<()> {
         self.line(&format!(
             "step {step} validation: image MSE at t=100 {val_mse:.6}{}",
             if best { " (best)" } else { "" }
         ))?;
-        self.record(json!({"kind": "eval", "step": step, "val_mse": val_mse, "best": best}))
+        self.record(json!({"kind": "eval", "step": step, "val_mse": val_mse, "best": best}))?;
+        self.plot(step);
+        Ok(())
+    }
+
+    /// Redraws `progress.png` next to `metrics.jsonl` (a picture that cannot be written is a
+    /// warning: it never stops a run).
+    pub fn plot(&mut self, step: u64) {
+        let run = self.path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+        let title = format!("{} · step {step}", run.unwrap_or_else(|| "run".into()));
+        let png = self.path.with_file_name("progress.png");
+        if let Err(e) = super::plot::write_progress(&self.path, &png, &title) {
+            let text = format!("warning: progress.png not drawn: {e}");
+            let _ = self.line(&text);
+        }
     }
 
     #[cfg(test)]
@@ -173,8 +190,9 @@ impl Reporter {
         self.record(json!({"kind": "skip", "step": step, "loss": loss, "skipped": total}))
     }
 
-    /// Ends the progress bar.
-    pub fn finish(&self) {
+    /// Redraws `progress.png` for the last step and ends the progress bar.
+    pub fn finish(&mut self, step: u64) {
+        self.plot(step);
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
