@@ -37,7 +37,7 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().expect("steps are numbers"))
         .collect();
-    let rows: [(&str, Solver, Grid); 9] = [
+    let rows: [(&str, Solver, Grid); 11] = [
         ("ddim (uniform)", Solver::Ddim, Grid::Uniform),
         ("ddim (logsnr)", Solver::Ddim, Grid::LogSnr),
         ("dpm2m (uniform)", Solver::DpmPp2m, Grid::Uniform),
@@ -45,6 +45,8 @@ fn main() {
         ("dpm2m (edm)", Solver::DpmPp2m, Grid::Edm),
         ("dpm3m (uniform)", Solver::DpmPp3m, Grid::Uniform),
         ("dpm3m (logsnr)", Solver::DpmPp3m, Grid::LogSnr),
+        ("unipc (uniform)", Solver::UniPc, Grid::Uniform),
+        ("unipc (logsnr)", Solver::UniPc, Grid::LogSnr),
         ("heun (uniform)", Solver::Heun, Grid::Uniform),
         ("heun (edm)", Solver::Heun, Grid::Edm),
     ];

@@ -70,7 +70,7 @@ pub enum Command {
     TrainHighres(TrainArgs),
     /// Generate volumes from a trained model (NIfTI, previews, manifest.json).
     #[command(
-        after_help = "Examples:\n  prdit sample --run runs/lidc-global --out volumes/ --num 100 --batch 8\n  prdit sample --run runs/lidc-global --out fast/ --num 100 --batch 8 --sampler dpm2m --steps 50\n  prdit sample --checkpoint prdit_b.pt --model PRDiT-B/12/4 --size 128 --out official/"
+        after_help = "Examples:\n  prdit sample --run runs/lidc-global --out volumes/ --num 100 --batch 8\n  prdit sample --run runs/lidc-global --out fast/ --num 100 --batch 8 --sampler unipc --steps 20\n  prdit sample --checkpoint prdit_b.pt --model PRDiT-B/12/4 --size 128 --out official/"
     )]
     Sample(SampleArgs),
     /// 3D-FID and MMD of generated volumes against real ones, on MedicalNet ResNet features.
@@ -161,8 +161,8 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 1)]
     batch: usize,
     /// Sampling steps (the official grid: one network call per step when it divides 1000;
-    /// the ODE solvers make one per step, Heun two). dpm2m needs 20–50 where the official
-    /// samplers take 1000.
+    /// the ODE solvers make one per step, Heun two). unipc needs about 20, dpm2m 20–50, where
+    /// the official samplers take 1000 (docs/samplers.md).
     #[arg(long, default_value_t = 1000)]
     steps: usize,
     /// The sampler: the official hot (default) or deterministic, or a few-step ODE solver.

@@ -82,6 +82,9 @@ pub enum SamplerKind {
     Dpm2m,
     /// DPM-Solver++(3M): third-order multistep.
     Dpm3m,
+    /// UniPC: the DPM-Solver++(2M) predictor with the UniC corrector (third order, no extra
+    /// network call).
+    Unipc,
     /// Heun's second-order method on EDM's ODE (2 network calls per step).
     Heun,
 }
@@ -119,6 +122,7 @@ impl SamplerKind {
             SamplerKind::Ddim => Solver::Ddim,
             SamplerKind::Dpm2m => Solver::DpmPp2m,
             SamplerKind::Dpm3m => Solver::DpmPp3m,
+            SamplerKind::Unipc => Solver::UniPc,
             SamplerKind::Heun => Solver::Heun,
         };
         let grid = match grid {
