@@ -129,6 +129,10 @@ pub struct TrainArgs {
     /// Override `data.train` (a folder of NIfTI volumes or a list file).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Data-parallel training over these devices, comma-separated (cuda:0,cuda:1 or all; the
+    /// first holds the model): overrides `train.devices`. The batch is split evenly.
+    #[arg(long, value_delimiter = ',')]
+    devices: Option<Vec<String>>,
 }
 
 #[derive(Args)]
@@ -484,7 +488,16 @@ fn train_cmd(
     if let Some(data) = args.data {
         cfg.data.train = data;
     }
+    if let Some(devices) = args.devices {
+        cfg.train.devices = devices;
+    }
     cfg.validate()?;
+    // With several devices the first holds the model.
+    let spec = match cfg.train.devices.first().map(String::as_str) {
+        Some("all") => DeviceSpec::Cuda(0),
+        Some(first) => first.parse()?,
+        None => spec,
+    };
     let opts = TrainOptions {
         stage,
         run_dir: args.out.unwrap_or(default_out),

@@ -191,6 +191,12 @@ pub struct TrainSection {
     pub keep_last: usize,
     /// Consecutive skipped (non-finite or huge) losses before the run stops with an error.
     pub max_bad_steps: u64,
+    /// Data-parallel training over these devices (`cuda:0`, `cuda:1`, …, `all` for every CUDA
+    /// GPU, `cpu` repeated for host workers): the batch is split evenly over them, the first is
+    /// the model's (rank 0: checkpoints, EMA, logs, validation). Empty: `--device` alone. Not
+    /// part of a run's identity: a run resumes on another device count.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
 }
 
 impl Default for TrainSection {
@@ -212,6 +218,7 @@ impl Default for TrainSection {
             ckpt_every: 1000,
             keep_last: 3,
             max_bad_steps: 100,
+            devices: Vec::new(),
         }
     }
 }
@@ -381,6 +388,24 @@ impl RunConfig {
                 format!("must be in 1..={} (the batch size)", t.batch_size),
             ));
         }
+        let workers = t.devices.len().max(1);
+        if t.devices.iter().any(|d| d == "all") {
+            if t.devices.len() > 1 {
+                return Err(Error::invalid("train.devices", "`all` stands alone"));
+            }
+        } else if !t.batch_size.is_multiple_of(workers) {
+            return Err(Error::invalid(
+                "train.batch_size",
+                format!("{} does not split evenly over {workers} devices", t.batch_size),
+            ));
+        } else if let Some(m) = t.micro_batch
+            && m > t.batch_size / workers
+        {
+            return Err(Error::invalid(
+                "train.micro_batch",
+                format!("{m} is more than a device's share of the batch ({})", t.batch_size / workers),
+            ));
+        }
         finite_pos("train.lr", t.lr)?;
         finite_pos("train.eps", t.eps)?;
         if !(0.0..1.0).contains(&t.ema_decay) {
@@ -438,6 +463,7 @@ impl RunConfig {
             c.train.max_bad_steps = 0;
             c.data.prefetch = 0;
             c.train.micro_batch = None;
+            c.train.devices = Vec::new();
         }
         let (Ok(va), Ok(vb)) = (toml::Value::try_from(&a), toml::Value::try_from(&b)) else {
             return vec!["<unserialisable>".into()];

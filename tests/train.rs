@@ -349,3 +349,87 @@ fn a_kill_while_pruning_leaves_no_torn_checkpoint() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("removed .old-step-000000004"));
     assert_eq!(names(&run), ["step-000000012"]);
 }
+
+/// The weights of a run's checkpoint at `step`.
+fn weights_at(run: &Path, step: u64) -> std::collections::BTreeMap<String, prdit::weights::HostTensor> {
+    let file = run.join(format!("checkpoints/step-{step:09}/model.bpk"));
+    export::state_dict(&checkpoint::load::<Prdit>(&file, &Device::flex()).unwrap())
+}
+
+/// Data-parallel training on two host workers (`--devices cpu,cpu`, batch 4 → 2 each): the
+/// same arithmetic as one device taking the batch in micro-batches of 2 (bitwise the same
+/// weights and losses), the same losses as one device taking it whole (to float tolerance);
+/// one skip decision for all workers when one worker's loss is NaN (an injected fault on rank
+/// 1 skips exactly what the same fault on the single device skips); and a run resumes on
+/// another device count.
+#[test]
+fn data_parallel_workers_equal_one_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = data(d, 6);
+    let cfg =
+        config(d, "dp.toml", &data, 0, "total_steps = 3\nbatch_size = 4\nckpt_every = 1\nkeep_last = 5\n");
+    let micro2 = config(
+        d,
+        "micro2.toml",
+        &data,
+        0,
+        "total_steps = 3\nbatch_size = 4\nckpt_every = 1\nkeep_last = 5\nmicro_batch = 2\n",
+    );
+    let two = ["--devices", "cpu,cpu"];
+    let run = |name: &str, cfg: &Path, extra: &[&str], envs: &[(&str, &str)]| {
+        let out = d.join(name);
+        let text = ok(&train("train-local", cfg, &out, extra, envs));
+        (out, text)
+    };
+    let (dp, _) = run("dp", &cfg, &two, &[]);
+    let (m2, _) = run("micro2", &micro2, &[], &[]);
+    let (whole, _) = run("whole", &cfg, &[], &[]);
+    assert_eq!(weights_at(&dp, 3), weights_at(&m2, 3), "2 workers = micro-batches of 2, bitwise");
+    assert_eq!(losses(&dp), losses(&m2));
+    for ((s, a), (_, b)) in losses(&dp).iter().zip(losses(&whole)) {
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "step {s}: loss {a} on 2 workers, {b} on one device");
+    }
+    let grad_norms = |r: &Path| -> Vec<f64> {
+        records(r, "train").iter().map(|v| v["grad_norm"].as_f64().unwrap()).collect()
+    };
+    for (a, b) in grad_norms(&dp).iter().zip(grad_norms(&whole)) {
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "gradient norm {a} on 2 workers, {b} on one device");
+    }
+
+    // A NaN on rank 1 at step 2: every worker skips it, as one device skips its own NaN.
+    let (dp_bad, text) = run("dp-bad", &cfg, &two, &[("PRDIT_FAULT_INJECT", "nan-on-rank-1:2")]);
+    let (one_bad, _) = run("one-bad", &micro2, &[], &[("PRDIT_FAULT_INJECT", "nan-on-rank-0:2")]);
+    assert!(text.contains("1 steps skipped"), "{text}");
+    assert_eq!(records(&dp_bad, "skip").len(), 1);
+    assert_eq!(weights_at(&dp_bad, 3), weights_at(&one_bad, 3));
+    assert_ne!(weights_at(&dp_bad, 3), weights_at(&dp, 3), "the skipped batch changed the run");
+
+    // Two steps on two workers, the third on one device: the uninterrupted run's weights.
+    let (mixed, _) = run("mixed", &cfg, &["--devices", "cpu,cpu", "--steps", "2"], &[]);
+    ok(&train("train-local", &micro2, &mixed, &["--resume"], &[]));
+    assert_eq!(weights_at(&mixed, 3), weights_at(&dp, 3));
+
+    // Stage 2 (frozen stage 1 on every worker): the same equality.
+    let g = |name: &str, micro: &str| {
+        config(d, name, &data, 1, &format!("total_steps = 2\nbatch_size = 4\nckpt_every = 2\n{micro}"))
+    };
+    let (g_dp, g_m2) = (d.join("g-dp"), d.join("g-micro2"));
+    let local = ["--local", dp.to_str().unwrap()];
+    ok(&train("train-global", &g("g.toml", ""), &g_dp, &[&local[..], &two[..]].concat(), &[]));
+    ok(&train("train-global", &g("g2.toml", "micro_batch = 2\n"), &g_m2, &local, &[]));
+    assert_eq!(weights_at(&g_dp, 2), weights_at(&g_m2, 2), "stage 2 on 2 workers = micro-batches of 2");
+
+    // A worker that fails mid-run (rank 1, fourth batch): the run stops with the error, every
+    // worker stops with it, and the last checkpoint is complete and resumes to the same weights.
+    let failing = d.join("failing");
+    let o = train("train-local", &cfg, &failing, &two, &[("PRDIT_FAULT_INJECT", "fail-on-rank-1:3")]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("injected failure"));
+    ok(&train("train-local", &cfg, &failing, &[&two[..], &["--resume"]].concat(), &[]));
+    assert_eq!(weights_at(&failing, 3), weights_at(&dp, 3));
+
+    // A batch that does not split evenly is refused before anything runs.
+    let e = err(&train("train-local", &cfg, &d.join("odd"), &["--devices", "cpu,cpu,cpu"], &[]));
+    assert!(e.contains("does not split evenly over 3 devices"), "{e}");
+}

@@ -115,6 +115,18 @@ fn train_network<N: Trainable>(cfg: RunConfig, opts: &TrainOptions) -> Result<Su
     let OpenRun { run, resume, cfg } = open_run(cfg, opts)?;
     let data = RunData::load(&cfg, &run, resume.is_some(), N::volume_size(&net))?;
     let (trainer, state) = setup::<N>(&cfg, &net, opts, resume)?;
+    let workers = worker_devices(&cfg.train.devices, &opts.device)?;
+    let trainer = if workers.len() > 1 {
+        tracing::info!(
+            "data parallel over {} devices ({}), {} volumes each",
+            workers.len(),
+            cfg.train.devices.join(", "),
+            cfg.train.batch_size / workers.len()
+        );
+        trainer.with_replicas(workers.into_iter().map(|d| d.autodiff()).collect())
+    } else {
+        trainer
+    };
     tracing::info!(
         "{} at {}³: {} parameters, {} trained; batch {}, {} steps",
         N::name(&net),
@@ -125,6 +137,30 @@ fn train_network<N: Trainable>(cfg: RunConfig, opts: &TrainOptions) -> Result<Su
         cfg.train.total_steps
     );
     Session { cfg: &cfg, opts, run: &run, data: &data, trainer, state, last_ckpt: None }.run()
+}
+
+/// The worker devices of `[train] devices`: `device` (the model's, rank 0) and the devices of
+/// the other entries; `all` is every CUDA GPU. One device (or none listed): `[device]`.
+pub fn worker_devices(specs: &[String], device: &Device) -> Result<Vec<Device>> {
+    let specs: Vec<String> = match specs {
+        [one] if one == "all" => {
+            let n = crate::device::cuda_count();
+            if n == 0 {
+                return Err(Error::invalid(
+                    "train.devices",
+                    "`all` means every CUDA GPU, and none was found",
+                ));
+            }
+            (0..n).map(|i| format!("cuda:{i}")).collect()
+        }
+        _ => specs.to_vec(),
+    };
+    let mut out = vec![device.clone()];
+    for spec in specs.iter().skip(1) {
+        let parsed: crate::device::DeviceSpec = spec.parse()?;
+        out.push(crate::device::select(parsed)?.device);
+    }
+    Ok(out)
 }
 
 /// A run folder opened for training.
@@ -276,7 +312,9 @@ impl<N: Trainable> Session<'_, N> {
             let x0 = Tensor::<5>::from_data(TensorData::new(batch.x0, shape), &ad);
             let noise = Tensor::<5>::from_data(TensorData::new(batch.noise, shape), &ad);
             let lr = lr_at(self.cfg, self.state.step);
-            let (loss, image, noise_l, norm) = match self.trainer.step(x0, &batch.t, noise, lr)? {
+            // Fault injection counts batches drawn (a skipped step draws the next one).
+            let drawn = self.state.draws;
+            let (loss, image, noise_l, norm) = match self.trainer.step_at(x0, &batch.t, noise, lr, drawn)? {
                 StepOutcome::Done { loss, image, noise, grad_norm } => (loss, image, noise, grad_norm),
                 StepOutcome::Skipped { loss } => {
                     self.state.skipped += 1;

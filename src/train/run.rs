@@ -246,12 +246,16 @@ pub fn model_file(path: &Path, prefer_best: bool) -> Result<PathBuf> {
 /// process right after optimizer step N; `abort-in-checkpoint:N` aborts halfway through
 /// writing checkpoint N. Abort is what a kill or a crash looks like to the files.
 pub fn fault(point: &str, step: u64) {
-    if let Ok(spec) = std::env::var("PRDIT_FAULT_INJECT")
-        && spec == format!("{point}:{step}")
-    {
-        eprintln!("PRDIT_FAULT_INJECT: aborting at {spec}");
+    if fault_active(point, step) {
+        eprintln!("PRDIT_FAULT_INJECT: aborting at {point}:{step}");
         std::process::abort();
     }
+}
+
+/// Whether the test fault `point:step` is injected (`PRDIT_FAULT_INJECT`); for faults that do
+/// not abort, such as `nan-on-rank-R:N` (worker R's loss is NaN on the N-th batch drawn).
+pub fn fault_active(point: &str, step: u64) -> bool {
+    std::env::var("PRDIT_FAULT_INJECT").is_ok_and(|spec| spec == format!("{point}:{step}"))
 }
 
 #[cfg(test)]
