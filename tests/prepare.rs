@@ -306,6 +306,17 @@ fn lidc_recipe_matches_scipy_step_by_step() {
     assert!(d < 1e-5, "the LIDC recipe differs from the official steps by {d}");
 }
 
+/// `prdit prepare --recipe RECIPE --size SIZE [--fov FOV] --out OUT --input INPUT`.
+fn prepare(recipe: &str, size: usize, fov: Option<usize>, out: &Path, input: &Path) -> std::process::Output {
+    let (size, fov) = (size.to_string(), fov.map(|f| f.to_string()));
+    let mut args = vec!["prepare", "--recipe", recipe, "--size", &size];
+    if let Some(f) = &fov {
+        args.extend(["--fov", f]);
+    }
+    args.extend(["--out", out.to_str().unwrap(), "--input", input.to_str().unwrap()]);
+    prdit(&args, &[])
+}
+
 /// The RAD-ChestCT recipe against the official operations run by numpy/scipy on a real-CT crop
 /// stored as the release stores scans (`tests/fixtures/zoom/rad_*`, made by
 /// `scripts/make-rad-fixture.py`): the `.npz` reader, the linear zoom, the whole recipe, and
@@ -355,21 +366,7 @@ fn rad_chestct_recipe_matches_numpy_step_by_step() {
     //    recorded as [0, 1].
     let tmp = tempfile::tempdir().unwrap();
     let prepared = tmp.path().join("rad");
-    let (s, f) = (size.to_string(), fov.to_string());
-    let args = [
-        "prepare",
-        "--recipe",
-        "rad-chestct",
-        "--size",
-        &s,
-        "--fov",
-        &f,
-        "--out",
-        prepared.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-    ];
-    let stdout = ok(&prdit(&args, &[]));
+    let stdout = ok(&prepare("rad-chestct", size, Some(fov), &prepared, &input));
     assert!(stdout.contains("values in [0, 1], orientation array"), "{stdout}");
     let m = manifest(&prepared);
     assert_eq!((m["value_range"].as_str(), m["orientation"].as_str()), (Some("[0, 1]"), Some("array")));
@@ -378,35 +375,11 @@ fn rad_chestct_recipe_matches_numpy_step_by_step() {
     assert_eq!(v.data, out.data, "prepare writes what the recipe computes");
     // Smaller than the crop: dropped as the official script does, or padded on request.
     let (short_out, lidc_out) = (tmp.path().join("short"), tmp.path().join("lidc"));
-    let big = (meta["input_shape"][0].as_u64().unwrap() + 2).to_string();
-    let args = [
-        "prepare",
-        "--recipe",
-        "rad-chestct",
-        "--size",
-        "8",
-        "--fov",
-        &big,
-        "--out",
-        short_out.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-    ];
-    let e = err(&prdit(&args, &[]));
+    let big = meta["input_shape"][0].as_u64().unwrap() as usize + 2;
+    let e = err(&prepare("rad-chestct", 8, Some(big), &short_out, &input));
     assert!(e.contains("rad_input.npz") && e.contains("--pad-short"), "{e}");
     // An .npz has no spacing: a recipe that resamples refuses it.
-    let args = [
-        "prepare",
-        "--recipe",
-        "lidc",
-        "--size",
-        "8",
-        "--out",
-        lidc_out.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-    ];
-    let e = err(&prdit(&args, &[]));
+    let e = err(&prepare("lidc", 8, None, &lidc_out, &input));
     assert!(e.contains("records no voxel spacing"), "{e}");
 }
 
@@ -424,20 +397,7 @@ fn bad_npz_files_are_named_and_nothing_is_written() {
         (junk, "not a readable .npz"),
     ] {
         let out = tmp.path().join("out");
-        let args = [
-            "prepare",
-            "--recipe",
-            "rad-chestct",
-            "--size",
-            "8",
-            "--fov",
-            "8",
-            "--out",
-            out.to_str().unwrap(),
-            "--input",
-            file.to_str().unwrap(),
-        ];
-        let e = err(&prdit(&args, &[]));
+        let e = err(&prepare("rad-chestct", 8, Some(8), &out, &file));
         assert!(e.contains(file.file_name().unwrap().to_str().unwrap()) && e.contains(want), "{want}: {e}");
         assert!(!out.join("dataset.json").exists(), "{e}");
         let written = std::fs::read_dir(&out)

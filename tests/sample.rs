@@ -232,9 +232,13 @@ fn poison(m: Prdit) -> Prdit {
 fn ode_solvers_sample_in_few_steps() {
     let dir = tempfile::tempdir().unwrap();
     let run = trained_run(dir.path());
-    for (sampler, grid, calls) in
-        [("dpm2m", None, 10), ("dpm3m", Some("uniform"), 10), ("ddim", None, 10), ("heun", Some("edm"), 19)]
-    {
+    for (sampler, grid, calls) in [
+        ("dpm2m", None, 10),
+        ("dpm3m", Some("uniform"), 10),
+        ("unipc", None, 10),
+        ("ddim", None, 10),
+        ("heun", Some("edm"), 19),
+    ] {
         let out = dir.path().join(sampler);
         let mut args = vec![
             "--run",

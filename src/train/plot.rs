@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::{Ranged, ValueFormatter};
 use plotters::prelude::*;
 use serde_json::Value;
 
@@ -149,62 +150,54 @@ fn panel<DB: DrawingBackend>(
     let (x0, x1) = pts().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let (y0, y1) = pts().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
-    let named = lines.iter().any(|l| l.name.is_some());
     // A log axis only where the values span more than a decade or so (else it has no labels).
     let log = log && y0 > 0.0 && y1 / y0 > 20.0;
     if log {
         let (lo, hi) = (y0 * 0.8, if y1 > y0 { y1 * 1.25 } else { y0 * 2.0 });
         let mut c = chart.build_cartesian_2d(x0..x1, (lo..hi).log_scale())?;
-        c.configure_mesh()
-            .x_desc("step")
-            .y_desc(y)
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| number(*v))
-            .draw()?;
-        for l in lines {
-            let s = c.draw_series(LineSeries::new(
-                l.points.iter().copied().filter(|p| p.1 > 0.0),
-                l.colour.stroke_width(2),
-            ))?;
-            if let Some(n) = l.name {
-                let colour = l.colour;
-                s.label(n).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
-                });
-            }
-        }
-        if named {
-            c.configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font((SANS, 16))
-                .draw()?;
-        }
+        draw_lines(&mut c, y, lines, true)?;
     } else {
         let pad = if y1 > y0 { (y1 - y0) * 0.08 } else { y0.abs().max(1e-12) * 0.1 };
         let mut c = chart.build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))?;
-        c.configure_mesh()
-            .x_desc("step")
-            .y_desc(y)
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| number(*v))
+        draw_lines(&mut c, y, lines, false)?;
+    }
+    Ok(())
+}
+
+/// The mesh (steps on x, `y` on the y axis), `lines` (positive points only when `log`) and
+/// their legend.
+fn draw_lines<'a, DB, X, Y>(
+    c: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    y: &str,
+    lines: &[Line],
+    log: bool,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    c.configure_mesh()
+        .x_desc("step")
+        .y_desc(y)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| number(*v))
+        .draw()?;
+    for l in lines {
+        let points = l.points.iter().copied().filter(|p| !log || p.1 > 0.0);
+        let s = c.draw_series(LineSeries::new(points, l.colour.stroke_width(2)))?;
+        if let Some(n) = l.name {
+            let colour = l.colour;
+            s.label(n)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+        }
+    }
+    if lines.iter().any(|l| l.name.is_some()) {
+        c.configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((SANS, 16))
             .draw()?;
-        for l in lines {
-            let s = c.draw_series(LineSeries::new(l.points.iter().copied(), l.colour.stroke_width(2)))?;
-            if let Some(n) = l.name {
-                let colour = l.colour;
-                s.label(n).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
-                });
-            }
-        }
-        if named {
-            c.configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font((SANS, 16))
-                .draw()?;
-        }
     }
     Ok(())
 }
