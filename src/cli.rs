@@ -83,7 +83,7 @@ pub enum Command {
     EvalDiversity(EvalDiversityArgs),
     /// Clinical CT (DICOM series, NIfTI) → training volumes in model space, with dataset.json.
     #[command(
-        after_help = "Examples:\n  prdit prepare --input /data/LIDC-IDRI --out data/lidc-128 --recipe lidc --size 128 --jobs 4\n  prdit prepare --input /data/rad_chestCT --out data/rad-128 --recipe rad-chestct --size 128\n  prdit prepare --input scans/ --out data/my-64 --recipe generic --size 64 --spacing 2 --window=-1000,1000"
+        after_help = "Examples:\n  prdit prepare --input /data/LIDC-IDRI --out data/lidc-128 --recipe lidc --size 128 --jobs 4\n  prdit prepare --input /data/rad_chestCT --out data/rad-128 --recipe rad-chestct --size 128"
     )]
     Prepare(PrepareArgs),
     /// Write the built-in synthetic chest-CT dataset (NIfTI, model space and HU).
@@ -206,8 +206,8 @@ pub struct SampleArgs {
     /// LIDC arrays'); a prdit run records its own.
     #[arg(long, value_enum)]
     orientation: Option<prdit::data::Orientation>,
-    /// Value range of the training data MIN,MAX, for official weights: -1,1 (default; LIDC)
-    /// or 0,1 (the official RAD-ChestCT data); a prdit run records its own.
+    /// Value range of the training data, for official weights: --data-range=-1,1 (default;
+    /// LIDC) or --data-range=0,1 (the official RAD-ChestCT data); a prdit run records its own.
     #[arg(long, value_parser = parse_range)]
     data_range: Option<prdit::data::ValueRange>,
 }
