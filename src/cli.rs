@@ -492,12 +492,6 @@ fn train_cmd(
         cfg.train.devices = devices;
     }
     cfg.validate()?;
-    // With several devices the first holds the model.
-    let spec = match cfg.train.devices.first().map(String::as_str) {
-        Some("all") => DeviceSpec::Cuda(0),
-        Some(first) => first.parse()?,
-        None => spec,
-    };
     let opts = TrainOptions {
         stage,
         run_dir: args.out.unwrap_or(default_out),

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::data::nifti::{read_volume, write_volume_oriented};
-use crate::data::preview::{Preview, write_preview};
+use crate::data::preview::{Preview, shown, write_preview};
 use crate::data::volume::{Orientation, ValueRange, Volume, Window};
 use crate::device::to_host;
 use crate::diffusion::noise::{Purpose, normal_noise};
@@ -178,34 +178,22 @@ impl SampleOptions {
             self.seed,
             self.steps
         );
-        let stated = |w: Window, whose: &str| format!("window [{:.0}, {:.0}] HU{whose}", w.min_hu, w.max_hu);
-        let (window, window_label, shown): ([f32; 2], String, Vec<Volume>) =
-            match (self.hu, self.data_window_hu) {
-                (Some(w), _) => ([w.min_hu, w.max_hu], stated(w, ""), rows.to_vec()),
-                (None, Some(w)) => {
-                    let to_hu = |v: &Volume| Volume {
-                        data: v.data.iter().map(|x| w.to_hu_from(*x, self.value_range)).collect(),
-                        ..v.clone()
-                    };
-                    (
-                        [w.min_hu, w.max_hu],
-                        stated(w, " (the training data's)"),
-                        rows.iter().map(to_hu).collect(),
-                    )
-                }
-                (None, None) => (
-                    self.value_range.bounds(),
-                    format!("model space {}", self.value_range.describe()),
-                    rows.to_vec(),
-                ),
-            };
+        let (window, window_label, volumes) = match (self.hu, self.data_window_hu) {
+            // Written in HU already: shown over the window they were written with.
+            (Some(w), _) => {
+                ([w.min_hu, w.max_hu], format!("window [{:.0}, {:.0}] HU", w.min_hu, w.max_hu), rows.to_vec())
+            }
+            (None, Some(w)) => {
+                let (window, label, volumes) = shown(rows, Some(w), self.value_range);
+                (window, format!("{label} (the training data's)"), volumes)
+            }
+            (None, None) => shown(rows, None, self.value_range),
+        };
         let labels = ["generated volume", "last image prediction"];
-        let rows = shown.iter().zip(labels).map(|(v, l)| (l.to_string(), v)).collect();
+        let rows = volumes.iter().zip(labels).map(|(v, l)| (l.to_string(), v)).collect();
         write_preview(png, &Preview { title, rows, window, window_label, orientation: self.orientation })
     }
-}
 
-impl SampleOptions {
     fn sampler(&self) -> Result<Sampler> {
         self.sampler.sampler(self.k, self.grid)
     }
@@ -498,7 +486,7 @@ pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
         Intensity::Model => None,
         Intensity::Hu(w) => Some(w),
         Intensity::RunHu => match info.as_ref().and_then(|i| i.window_hu) {
-            Some([lo, hi]) => Some(Window { min_hu: lo, max_hu: hi }),
+            Some(w) => Some(Window::from(w)),
             None => {
                 return Err(Error::invalid(
                     "window",
@@ -545,10 +533,7 @@ pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
         spacing_mm: info.as_ref().map_or([1.0; 3], |i| i.spacing_mm),
         orientation,
         value_range,
-        data_window_hu: info
-            .as_ref()
-            .and_then(|i| i.window_hu)
-            .map(|[lo, hi]| Window { min_hu: lo, max_hu: hi }),
+        data_window_hu: info.as_ref().and_then(|i| i.window_hu).map(Window::from),
     };
     let file = model.file();
     let sha256 = sha256_file(file)?;

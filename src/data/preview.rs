@@ -7,7 +7,7 @@ use std::path::Path;
 
 use plotters::style::RGBColor;
 
-use super::volume::{Orientation, Volume};
+use super::volume::{Orientation, ValueRange, Volume, Window};
 use crate::draw::{Canvas, text_width};
 use crate::error::Result;
 
@@ -33,6 +33,29 @@ pub struct Preview<'a> {
     pub window_label: String,
     /// The orientation of the volumes' arrays (LAS arrays are mirrored along j for display).
     pub orientation: Orientation,
+}
+
+/// How volumes stored in a dataset's `range` are shown: converted to HU and shown over the
+/// data's `window` when it is known, else as they are over the range. Returns the display
+/// window, how it reads (`window [-1000, 1000] HU`, `model space [0, 1]`) and the volumes.
+pub fn shown(
+    volumes: &[Volume],
+    window: Option<Window>,
+    range: ValueRange,
+) -> ([f32; 2], String, Vec<Volume>) {
+    match window {
+        Some(w) => {
+            let hu = volumes
+                .iter()
+                .map(|v| Volume {
+                    data: v.data.iter().map(|x| w.to_hu_from(*x, range)).collect(),
+                    ..v.clone()
+                })
+                .collect();
+            ([w.min_hu, w.max_hu], format!("window [{:.0}, {:.0}] HU", w.min_hu, w.max_hu), hu)
+        }
+        None => (range.bounds(), format!("model space {}", range.describe()), volumes.to_vec()),
+    }
 }
 
 /// The three mid-slices of `v` as (width, height, grey pixels) with `[lo, hi]` → [0, 255]:

@@ -61,6 +61,13 @@ impl Window {
     }
 }
 
+impl From<[f32; 2]> for Window {
+    /// `[min, max]` in HU, as `dataset.json` and `data.json` record windows.
+    fn from([min_hu, max_hu]: [f32; 2]) -> Self {
+        Window { min_hu, max_hu }
+    }
+}
+
 /// The value range a dataset's volumes are stored in, which the model learns and samples:
 /// [−1, 1] (the official LIDC loader's 2x − 1, prdit's default) or [0, 1] (the official
 /// RAD-ChestCT data, which its loader leaves as preprocessed; spec §11.3). Recorded in

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::nifti::{is_nifti, read_volume_with_axes, write_volume_oriented};
 use crate::data::npz::{is_npz, read_npz_volume};
-use crate::data::volume::{Orientation, ValueRange, Volume};
+use crate::data::volume::{Orientation, ValueRange, Volume, Window};
 use crate::error::{Error, Result};
 use ops::{
     AIR_HU, avg_pool, crop_or_pad, orientation_code, quantile, resample_to_spacing, resize, to_lps,
@@ -438,15 +438,10 @@ pub fn process(
             Recipe::Lidc => lidc_official(v, opts.spacing_mm.unwrap_or(1.0), fov, size, pad)?,
             _ => rad_official(v, fov, size, pad)?,
         };
-        let [lo, hi] = opts.value_range().bounds();
+        let w = Window::from(window);
         let hu = Volume {
-            dims: out.dims,
-            spacing: out.spacing,
-            data: out
-                .data
-                .iter()
-                .map(|x| window[0] + (x - lo) / (hi - lo) * (window[1] - window[0]))
-                .collect(),
+            data: out.data.iter().map(|x| w.to_hu_from(*x, opts.value_range())).collect(),
+            ..out.clone()
         };
         return Ok((out, window, stats(&hu)));
     }

@@ -25,8 +25,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::config::RunConfig;
+use crate::data::Window;
 use crate::data::loader::Loader;
-use crate::data::preview::{Preview, write_preview};
+use crate::data::preview::{Preview, shown, write_preview};
 use crate::error::{Error, Result};
 use crate::fsio::FolderLock;
 use crate::model::Prdit;
@@ -41,11 +42,13 @@ use step::{StepOutcome, Trainer};
 pub use trainable::Trainable;
 
 /// How to run a training job (besides its configuration).
+#[derive(Clone)]
 pub struct TrainOptions {
     pub stage: Stage,
     pub run_dir: PathBuf,
     pub resume: bool,
-    /// The compute device (autodiff is added here).
+    /// The compute device (autodiff is added here); `[train] devices`, when it lists any,
+    /// takes its place.
     pub device: Device,
     /// Stage 2: the stage-1 source (overrides `[global] local`).
     pub local: Option<PathBuf>,
@@ -111,11 +114,16 @@ pub fn train(cfg: RunConfig, opts: &TrainOptions) -> Result<Summary> {
 
 fn train_network<N: Trainable>(cfg: RunConfig, opts: &TrainOptions) -> Result<Summary> {
     let net = N::from_run(&cfg)?;
+    // `[train] devices` (resolved before anything is written): the first holds the model.
+    let workers = worker_devices(&cfg.train.devices)?;
+    let opts = &match workers.first() {
+        Some(d) => TrainOptions { device: d.clone(), ..opts.clone() },
+        None => opts.clone(),
+    };
     let _lock = FolderLock::acquire(&opts.run_dir)?;
     let OpenRun { run, resume, cfg } = open_run(cfg, opts)?;
     let data = RunData::load(&cfg, &run, resume.is_some(), N::volume_size(&net))?;
     let (trainer, state) = setup::<N>(&cfg, &net, opts, resume)?;
-    let workers = worker_devices(&cfg.train.devices, &opts.device)?;
     let trainer = if workers.len() > 1 {
         tracing::info!(
             "data parallel over {} devices ({}), {} volumes each",
@@ -139,9 +147,9 @@ fn train_network<N: Trainable>(cfg: RunConfig, opts: &TrainOptions) -> Result<Su
     Session { cfg: &cfg, opts, run: &run, data: &data, trainer, state, last_ckpt: None }.run()
 }
 
-/// The worker devices of `[train] devices`: `device` (the model's, rank 0) and the devices of
-/// the other entries; `all` is every CUDA GPU. One device (or none listed): `[device]`.
-pub fn worker_devices(specs: &[String], device: &Device) -> Result<Vec<Device>> {
+/// The worker devices of `[train] devices`, in order (the first holds the model: rank 0);
+/// `all` is every CUDA GPU. None listed: none.
+pub fn worker_devices(specs: &[String]) -> Result<Vec<Device>> {
     let specs: Vec<String> = match specs {
         [one] if one == "all" => {
             let n = crate::device::cuda_count();
@@ -155,12 +163,7 @@ pub fn worker_devices(specs: &[String], device: &Device) -> Result<Vec<Device>> 
         }
         _ => specs.to_vec(),
     };
-    let mut out = vec![device.clone()];
-    for spec in specs.iter().skip(1) {
-        let parsed: crate::device::DeviceSpec = spec.parse()?;
-        out.push(crate::device::select(parsed)?.device);
-    }
-    Ok(out)
+    specs.iter().map(|spec| Ok(crate::device::select(spec.parse()?)?.device)).collect()
 }
 
 /// A run folder opened for training.
@@ -406,20 +409,7 @@ impl<N: Trainable> Session<'_, N> {
         }
         let png = self.run.previews().join(format!("step-{step:09}.png"));
         let info = &self.data.info;
-        let (window, window_label, views) = match info.window_hu {
-            // In HU through the data's window, shown over that window.
-            Some([lo, hi]) => {
-                let w = crate::data::Window { min_hu: lo, max_hu: hi };
-                let hu = views.map(|mut v| {
-                    v.data.iter_mut().for_each(|x| *x = w.to_hu_from(*x, info.value_range));
-                    v
-                });
-                ([lo, hi], format!("window [{lo:.0}, {hi:.0}] HU"), hu)
-            }
-            None => {
-                (info.value_range.bounds(), format!("model space {}", info.value_range.describe()), views)
-            }
-        };
+        let (window, window_label, views) = shown(&views, info.window_hu.map(Window::from), info.value_range);
         let run_name =
             self.run.root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let preview = Preview {
