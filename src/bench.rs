@@ -99,8 +99,10 @@ pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 
 impl Bench {
     /// The `cargo bench` setup: device `PRDIT_BENCH_DEVICE` (cpu), `PRDIT_BENCH_ITERS` timed
-    /// iterations (default `iters`) after `PRDIT_BENCH_WARMUP` (1).
+    /// iterations (default `iters`) after `PRDIT_BENCH_WARMUP` (1), with the host allocator
+    /// tuned as the command line tunes it.
     pub fn from_env(iters: usize) -> Self {
+        crate::device::tune_host_allocator();
         let spec: crate::device::DeviceSpec = env_or("PRDIT_BENCH_DEVICE", crate::device::DeviceSpec::Cpu);
         let selected = crate::device::select(spec).unwrap_or_else(|e| panic!("{e}"));
         Bench {

@@ -14,6 +14,26 @@ pub fn to_host<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
     t.into_data().try_into_vec_as::<f32>().map_err(|e| Error::transfer(what, e))
 }
 
+/// Keeps freed host memory for reuse instead of handing every large block back to the system.
+///
+/// glibc serves blocks of 128 KiB and more with a fresh `mmap` and unmaps them on free, so each
+/// of the CPU backend's activations (a few MiB each) is new memory whose every page faults on
+/// first touch — about a tenth of a 64³ forward on the 2-core machine. With the threshold at
+/// glibc's maximum (32 MiB) and trimming off, they come from the heap and are reused. Peak
+/// resident memory stays what the computation holds at its peak (measured in
+/// `docs/bench-vs-official.md`). Called once at start by the command line and the benchmarks;
+/// a no-op off glibc.
+pub fn tune_host_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before any other thread
+    // allocates (the first thing `main` does) and the values are in glibc's documented ranges.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
 /// A device as the user spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceSpec {

