@@ -95,9 +95,10 @@ pub enum SamplerKind {
 pub enum GridKind {
     /// Uniform in t, as the official grid.
     Uniform,
-    /// Uniform in log-SNR (the default of DDIM and DPM-Solver++).
+    /// Uniform in log-SNR over EDM's noise range σ ∈ [0.002, 80] (the default of DDIM,
+    /// DPM-Solver++ and UniPC).
     Logsnr,
-    /// EDM's ρ = 7 spacing of the noise level (the default of Heun).
+    /// EDM's ρ = 7 spacing of the noise level over the same range (the default of Heun).
     Edm,
 }
 
