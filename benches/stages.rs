@@ -15,6 +15,7 @@ use burn::tensor::activation::{gelu_approximate, silu};
 use burn::tensor::module::attention;
 use burn::tensor::{Distribution, Tensor};
 use prdit::bench::{Bench, env_or};
+use prdit::config::TrainSection;
 use prdit::diffusion::training_loss;
 use prdit::model::layers::{gelu_tanh, layer_norm_plain, modulate};
 use prdit::model::patch::{extract_patches, unpatchify};
@@ -113,7 +114,9 @@ fn main() {
             model = model.freeze_stage1();
         }
         let mut ema = model.valid();
-        let mut optim = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 });
+        // The `[train]` defaults: the official recipe's optimizer and EMA.
+        let recipe = TrainSection::default();
+        let mut optim = AdamW::new(AdamWConfig::from_train(&recipe));
         let x0 = Tensor::<5>::random([batch, 1, size, size, size], Distribution::Uniform(-1.0, 1.0), &ad);
         let noise = Tensor::<5>::random([batch, 1, size, size, size], Distribution::Normal(0.0, 0.5), &ad);
         let ts: Vec<usize> = (0..batch).map(|i| 100 + 600 * i).collect();
@@ -131,7 +134,7 @@ fn main() {
             model = optim.step(model, &mut grads, 1e-4, None);
             ad.sync().expect("device sync");
             at.push(lap.elapsed());
-            ema = ema_update(ema, &model, 0.999);
+            ema = ema_update(ema, &model, recipe.ema_decay);
             device.sync().expect("device sync");
             at.push(lap.elapsed());
             if it >= warmup {

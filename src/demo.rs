@@ -115,7 +115,7 @@ pub fn run(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<DemoOutcome>
     let samples = opts.out.join("samples");
     say(&format!(
         "4/4 sampling {SAMPLES} volumes ({} sampler, {SAMPLE_STEPS} steps) → {}",
-        format!("{SAMPLER:?}").to_lowercase(),
+        SAMPLER.name(),
         samples.display()
     ));
     let job = SampleJob {

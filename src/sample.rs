@@ -103,6 +103,11 @@ pub enum GridKind {
 }
 
 impl SamplerKind {
+    /// The name users type (`--sampler`), as the command line spells it.
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self).expect("no sampler is hidden").get_name().to_string()
+    }
+
     /// The update rule with jump `k` (hot) on `grid` (ODE solvers; each has a default).
     pub fn sampler(self, k: usize, grid: Option<GridKind>) -> Result<Sampler> {
         use crate::diffusion::sampler::{Grid, Solver};
@@ -172,11 +177,11 @@ impl SampleOptions {
     /// Writes the preview of volume `i` (`rows`: the volume, and the last image prediction
     /// when written), in HU over the data's window when it is known.
     fn write_preview(&self, png: &Path, i: usize, network: &str, rows: &[Volume]) -> Result<()> {
-        let sampler = format!("{:?}", self.sampler).to_lowercase();
         let title = format!(
-            "{} · seed {}, stream {i} · {sampler} sampler, {} steps · {network}",
+            "{} · seed {}, stream {i} · {} sampler, {} steps · {network}",
             file_name(i).trim_end_matches(".nii.gz"),
             self.seed,
+            self.sampler.name(),
             self.steps
         );
         let (window, window_label, volumes) = match (self.hu, self.data_window_hu) {

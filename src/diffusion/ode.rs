@@ -102,10 +102,7 @@ pub fn times(steps: usize, grid: Grid) -> Result<Vec<f64>> {
     let mut t: Vec<f64> = match grid {
         Grid::Uniform => (0..n).map(|k| T_START * (1.0 - k as f64 / n as f64)).collect(),
         Grid::LogSnr | Grid::Edm if n == 1 => vec![T_START],
-        Grid::LogSnr => {
-            let (a, b) = (-EDM_SIGMA_MAX.ln(), -EDM_SIGMA_MIN.ln());
-            (0..n).map(|k| t_of_log_snr(a + (b - a) * k as f64 / (n - 1) as f64)).collect()
-        }
+        Grid::LogSnr => uniform_in_log_snr(-EDM_SIGMA_MAX.ln(), -EDM_SIGMA_MIN.ln(), n),
         Grid::Edm => {
             let (a, b) = (EDM_SIGMA_MAX.powf(1.0 / EDM_RHO), EDM_SIGMA_MIN.powf(1.0 / EDM_RHO));
             (0..n).map(|k| t_of_edm_sigma((a + (b - a) * k as f64 / (n - 1) as f64).powf(EDM_RHO))).collect()
@@ -114,6 +111,11 @@ pub fn times(steps: usize, grid: Grid) -> Result<Vec<f64>> {
     t[0] = T_START;
     t.push(0.0);
     Ok(t)
+}
+
+/// `n` (≥ 2) times whose log-SNR runs uniformly from `from` to `to`.
+fn uniform_in_log_snr(from: f64, to: f64, n: usize) -> Vec<f64> {
+    (0..n).map(|k| t_of_log_snr(from + (to - from) * k as f64 / (n - 1) as f64)).collect()
 }
 
 /// Network calls of `steps` steps of `solver`.
@@ -341,9 +343,7 @@ mod tests {
         let mut noise = SeededNoise::new(3, NOISE_STD);
         let x = noise.draw([64, 1, 2, 2, 2], &device).unwrap();
         let exact = data.single_gaussian_flow(&host(x.clone()), T_START);
-        let (a, b) = (log_snr(T_START), log_snr(0.01));
-        let mut t: Vec<f64> =
-            (0..steps).map(|k| t_of_log_snr(a + (b - a) * k as f64 / (steps - 1) as f64)).collect();
+        let mut t = uniform_in_log_snr(log_snr(T_START), log_snr(0.01), steps);
         t[0] = T_START;
         t.push(0.0);
         let (end, _) = integrate(&data, x, &t, solver, &mut |_, _| {}).unwrap();
