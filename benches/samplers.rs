@@ -2,14 +2,16 @@
 //! (`prdit::diffusion::exact`), sampled by every sampler at N ∈ {5, 10, 20, 50, 100, 1000} steps
 //! from the same noise, and the distance of each sample set to the data — the sliced
 //! 1-Wasserstein distance to the exact law (its CDF), and the errors of the first two moments —
-//! next to the official deterministic and hot samplers at 1000 steps. Prints markdown tables
+//! next to the official deterministic and hot samplers at 1000 steps. The fitted grids are fitted
+//! on pilot noise of another seed (a sixteenth of the samples; up to 100 steps). Prints markdown tables
 //! (`docs/samplers.md` holds them). Settings: `PRDIT_BENCH_SAMPLES` (4096 vectors; 256 volumes of
 //! the per-voxel data), `PRDIT_BENCH_STEPS` (5,10,20,50,100,1000).
 
 use burn::tensor::{Device, Tensor};
 use prdit::bench::env_or;
 use prdit::diffusion::exact::{Distance, Mixture, benchmark_mixtures, distance};
-use prdit::diffusion::sampler::{Grid, Sampler, Solver, network_calls, sample};
+use prdit::diffusion::fit;
+use prdit::diffusion::sampler::{Field, Grid, Sampler, Solver, network_calls, sample, sample_on_times};
 use prdit::diffusion::{NOISE_STD, NoiseSource, SeededNoise};
 
 fn to_sets(t: Tensor<5>, batch: usize) -> Vec<Vec<f64>> {
@@ -24,7 +26,16 @@ fn run(data: &Mixture, edge: usize, n: usize, sampler: Sampler, steps: usize) ->
     // The same starting noise for every sampler (and the hot sampler's corrector noise after it).
     let mut noise = SeededNoise::new(11, NOISE_STD);
     let x = noise.draw(shape, &device).expect("noise");
-    let out = sample(data, x, steps, sampler, &mut noise, &mut |_, _| {}).expect("sampling runs");
+    let out = match sampler {
+        Sampler::Ode { solver, grid: Grid::Fitted, field } => {
+            // The pilot: other noise (seed 12), a sixteenth of the samples.
+            let pilot =
+                SeededNoise::new(12, NOISE_STD).draw([n / 16, 1, edge, edge, edge], &device).expect("noise");
+            let fitted = fit::fit_times(data, pilot, solver, field, steps, &mut |_, _| {}).expect("fits");
+            sample_on_times(data, x, &fitted.times, solver, field, &mut |_, _| {}).expect("sampling runs")
+        }
+        _ => sample(data, x, steps, sampler, &mut noise, &mut |_, _| {}).expect("sampling runs"),
+    };
     distance(data, &to_sets(out.x, n))
 }
 
@@ -37,16 +48,20 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().expect("steps are numbers"))
         .collect();
-    let rows: [(&str, Solver, Grid); 11] = [
+    let rows: [(&str, Solver, Grid); 15] = [
         ("ddim (uniform)", Solver::Ddim, Grid::Uniform),
         ("ddim (logsnr)", Solver::Ddim, Grid::LogSnr),
+        ("ddim (fitted)", Solver::Ddim, Grid::Fitted),
         ("dpm2m (uniform)", Solver::DpmPp2m, Grid::Uniform),
         ("dpm2m (logsnr)", Solver::DpmPp2m, Grid::LogSnr),
         ("dpm2m (edm)", Solver::DpmPp2m, Grid::Edm),
+        ("dpm2m (fitted)", Solver::DpmPp2m, Grid::Fitted),
         ("dpm3m (uniform)", Solver::DpmPp3m, Grid::Uniform),
         ("dpm3m (logsnr)", Solver::DpmPp3m, Grid::LogSnr),
+        ("dpm3m (fitted)", Solver::DpmPp3m, Grid::Fitted),
         ("unipc (uniform)", Solver::UniPc, Grid::Uniform),
         ("unipc (logsnr)", Solver::UniPc, Grid::LogSnr),
+        ("unipc (fitted)", Solver::UniPc, Grid::Fitted),
         ("heun (uniform)", Solver::Heun, Grid::Uniform),
         ("heun (edm)", Solver::Heun, Grid::Edm),
     ];
@@ -71,8 +86,13 @@ fn main() {
         for (label, solver, grid) in rows {
             print!("| {label} |");
             for &s in &steps {
-                let calls = network_calls(Sampler::Ode { solver, grid }, s).expect("valid steps");
-                let d = run(&data, edge, n, Sampler::Ode { solver, grid }, s);
+                if grid == Grid::Fitted && s > fit::MAX_STEPS {
+                    print!(" — |");
+                    continue;
+                }
+                let calls = network_calls(Sampler::Ode { solver, grid, field: Field::Official }, s)
+                    .expect("valid steps");
+                let d = run(&data, edge, n, Sampler::Ode { solver, grid, field: Field::Official }, s);
                 if calls == s { print!(" {} |", cell(&d)) } else { print!(" {} [{calls} calls] |", cell(&d)) }
             }
             println!();

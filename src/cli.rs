@@ -17,7 +17,7 @@ use prdit::eval::fid::{FeatureNet, FidOptions};
 use prdit::inspect::{self, InspectOptions};
 use prdit::progress;
 use prdit::resolve::{self, Weights};
-use prdit::sample::{GridKind, Intensity, SampleJob, SamplerKind};
+use prdit::sample::{FieldKind, GridKind, Intensity, SampleJob, SamplerKind};
 use prdit::train::{Stage, Summary, TrainOptions};
 use prdit::weights::Entry;
 
@@ -175,6 +175,10 @@ pub struct SampleArgs {
     /// Time grid of the ODE solvers (default: logsnr, edm for heun).
     #[arg(long, value_enum)]
     grid: Option<GridKind>,
+    /// Which flow the ODE solvers integrate: official (both heads, as the official samplers:
+    /// few steps give their volumes) or image (the image head alone).
+    #[arg(long, value_enum, default_value_t = FieldKind::Official)]
+    field: FieldKind,
     /// Jump of the predictor–corrector sampler.
     #[arg(long, default_value_t = 2)]
     k: usize,
@@ -581,6 +585,7 @@ fn sample_cmd(spec: DeviceSpec, args: &SampleArgs, quiet: bool) -> Result<()> {
         steps: args.steps,
         sampler: args.sampler,
         grid: args.grid,
+        field: args.field,
         k: args.k,
         seed: args.seed,
         write_x0: args.x0,

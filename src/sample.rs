@@ -15,7 +15,9 @@ use crate::data::nifti::{read_volume, write_volume_oriented};
 use crate::data::preview::{Preview, shown, write_preview};
 use crate::data::volume::{Orientation, ValueRange, Volume, Window};
 use crate::device::to_host;
+use crate::diffusion::fit;
 use crate::diffusion::noise::{Purpose, normal_noise};
+use crate::diffusion::sampler::{Grid, sample_on_times};
 use crate::diffusion::{NOISE_STD, NoiseSource, Sampler, sample};
 use crate::error::{Error, Result};
 use crate::fsio::{FolderLock, write_atomic};
@@ -100,17 +102,48 @@ pub enum GridKind {
     Logsnr,
     /// EDM's ρ = 7 spacing of the noise level over the same range (the default of Heun).
     Edm,
+    /// Fitted to the model: a pilot batch (seeded, not among the volumes) is integrated once
+    /// on 40 candidate times (2×steps above 20 steps; that many network calls per pilot
+    /// volume, once per output folder), and the steps are the candidates with the least
+    /// summed local error of the solver along it (ddim, dpm2m, dpm3m, unipc; at most 100
+    /// steps; docs/samplers.md).
+    Fitted,
+}
+
+/// Which ODE the few-step solvers integrate (the official samplers have their own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldKind {
+    /// The official samplers' flow, driven by both heads: few steps give the official
+    /// deterministic sampler's volumes.
+    #[default]
+    Official,
+    /// The image head alone (its implied noise): another flow of the same model.
+    Image,
+}
+
+impl FieldKind {
+    /// What a manifest written before `--field` existed used: the image head.
+    fn before_field() -> Self {
+        FieldKind::Image
+    }
 }
 
 impl SamplerKind {
+    /// Whether this is one of the few-step ODE solvers (not an official sampler).
+    pub fn is_ode(self) -> bool {
+        !matches!(self, SamplerKind::Hot | SamplerKind::Deterministic)
+    }
+
     /// The name users type (`--sampler`), as the command line spells it.
     pub fn name(self) -> String {
         clap::ValueEnum::to_possible_value(&self).expect("no sampler is hidden").get_name().to_string()
     }
 
-    /// The update rule with jump `k` (hot) on `grid` (ODE solvers; each has a default).
-    pub fn sampler(self, k: usize, grid: Option<GridKind>) -> Result<Sampler> {
-        use crate::diffusion::sampler::{Grid, Solver};
+    /// The update rule with jump `k` (hot) on `grid` and `field` (ODE solvers; each has a
+    /// default grid).
+    pub fn sampler(self, k: usize, grid: Option<GridKind>, field: FieldKind) -> Result<Sampler> {
+        use crate::diffusion::sampler::{Field, Grid, Solver};
         let solver = match self {
             SamplerKind::Hot | SamplerKind::Deterministic => {
                 if grid.is_some_and(|g| g != GridKind::Uniform) {
@@ -135,10 +168,21 @@ impl SamplerKind {
             Some(GridKind::Uniform) => Grid::Uniform,
             Some(GridKind::Logsnr) => Grid::LogSnr,
             Some(GridKind::Edm) => Grid::Edm,
+            Some(GridKind::Fitted) if solver == Solver::Heun => {
+                return Err(Error::invalid(
+                    "grid",
+                    "a fitted grid is for ddim, dpm2m, dpm3m and unipc, not heun",
+                ));
+            }
+            Some(GridKind::Fitted) => Grid::Fitted,
             None if solver == Solver::Heun => Grid::Edm,
             None => Grid::LogSnr,
         };
-        Ok(Sampler::Ode { solver, grid })
+        let field = match field {
+            FieldKind::Official => Field::Official,
+            FieldKind::Image => Field::Image,
+        };
+        Ok(Sampler::Ode { solver, grid, field })
     }
 }
 
@@ -153,6 +197,9 @@ pub struct SampleOptions {
     /// The ODE solvers' grid (absent: the solver's default; the official samplers use theirs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grid: Option<GridKind>,
+    /// The ODE solvers' flow (a manifest without it was written with the image head's).
+    #[serde(default = "FieldKind::before_field")]
+    pub field: FieldKind,
     /// Predictor–corrector jump.
     pub k: usize,
     pub seed: u64,
@@ -178,10 +225,10 @@ impl SampleOptions {
     /// when written), in HU over the data's window when it is known.
     fn write_preview(&self, png: &Path, i: usize, network: &str, rows: &[Volume]) -> Result<()> {
         let title = format!(
-            "{} · seed {}, stream {i} · {} sampler, {} steps · {network}",
+            "{} · seed {}, stream {i} · {}, {} steps · {network}",
             file_name(i).trim_end_matches(".nii.gz"),
             self.seed,
-            self.sampler.name(),
+            self.sampler_label(),
             self.steps
         );
         let (window, window_label, volumes) = match (self.hu, self.data_window_hu) {
@@ -200,8 +247,28 @@ impl SampleOptions {
         write_preview(png, &Preview { title, rows, window, window_label, orientation: self.orientation })
     }
 
+    /// "unipc sampler (logsnr grid, official field)"; the official samplers by name alone.
+    fn sampler_label(&self) -> String {
+        let name = self.sampler.name();
+        if !self.sampler.is_ode() {
+            return format!("{name} sampler");
+        }
+        let grid = match self.grid {
+            Some(g) => {
+                clap::ValueEnum::to_possible_value(&g).expect("no grid is hidden").get_name().to_string()
+            }
+            None if self.sampler == SamplerKind::Heun => "edm".into(),
+            None => "logsnr".into(),
+        };
+        let field = clap::ValueEnum::to_possible_value(&self.field)
+            .expect("no field is hidden")
+            .get_name()
+            .to_string();
+        format!("{name} sampler ({grid} grid, {field} field)")
+    }
+
     fn sampler(&self) -> Result<Sampler> {
-        self.sampler.sampler(self.k, self.grid)
+        self.sampler.sampler(self.k, self.grid, self.field)
     }
 }
 
@@ -250,6 +317,9 @@ pub struct Manifest {
     pub source: ModelSource,
     pub options: SampleOptions,
     pub network_calls_per_volume: usize,
+    /// The times of a fitted grid (`--grid fitted`), fitted once and reused on resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fitted_times: Option<Vec<f64>>,
     pub volumes: Vec<VolumeRecord>,
 }
 
@@ -309,8 +379,13 @@ pub fn run<N: Network>(
         }
     }
     let manifest_path = opts.out.join("manifest.json");
-    let mut manifest =
-        Manifest { source, options: opts.clone(), network_calls_per_volume: calls, volumes: Vec::new() };
+    let mut manifest = Manifest {
+        source,
+        options: opts.clone(),
+        network_calls_per_volume: calls,
+        fitted_times: None,
+        volumes: Vec::new(),
+    };
     if manifest_path.is_file() {
         let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
         let old: Manifest = serde_json::from_str(&text)
@@ -319,17 +394,19 @@ pub fn run<N: Network>(
             && old.options.steps == opts.steps
             && old.options.sampler == opts.sampler
             && old.options.grid == opts.grid
+            && (old.options.field == opts.field || !opts.sampler.is_ode())
             && old.options.k == opts.k
             && old.options.seed == opts.seed
             && old.options.hu == opts.hu;
         if !same {
             return Err(Error::data(
                 &manifest_path,
-                "this folder holds volumes from another checkpoint, sampler, step count, seed or \
-                 intensity scale: choose another output folder",
+                "this folder holds volumes from another checkpoint, sampler, grid, field, step count, \
+                 seed or intensity scale: choose another output folder",
             ));
         }
         manifest.volumes = old.volumes;
+        manifest.fitted_times = old.fitted_times;
     } else if std::fs::read_dir(&xs).map_err(|e| Error::io(&xs, e))?.next().is_some() {
         return Err(Error::data(
             &xs,
@@ -389,6 +466,43 @@ pub fn run<N: Network>(
         Ok(Volume { dims: [size; 3], spacing: opts.spacing_mm, data })
     };
     let mut done = (0..opts.num).filter(|&i| complete(i)).count();
+    // A fitted grid: fitted before the first volume, recorded in the manifest, reused after.
+    let fitted = match sampler {
+        Sampler::Ode { solver, grid: Grid::Fitted, field } if done < opts.num => {
+            if manifest.fitted_times.is_none() {
+                let pilot = opts.batch.min(opts.num);
+                tracing::info!(
+                    "fitting the time grid of {} to the model: {} network calls on {pilot} pilot volume(s)",
+                    opts.sampler.name(),
+                    fit::candidates_for(opts.steps)
+                );
+                let per = size * size * size;
+                let data: Vec<f32> = (0..pilot as u64)
+                    .flat_map(|j| normal_noise(opts.seed, Purpose::Pilot, j, per, NOISE_STD))
+                    .collect();
+                let x = Tensor::from_data(
+                    burn::tensor::TensorData::new(data, [pilot, 1, size, size, size]),
+                    device,
+                );
+                let fit = fit::fit_times(model, x, solver, field, opts.steps, &mut |s, n| {
+                    progress(done, opts.num, s, n)
+                })?;
+                tracing::info!(
+                    "fitted times {:?}: summed local error {:.4} (the logsnr grid's: {:.4})",
+                    fit.times.iter().map(|t| (t * 10.0).round() / 10.0).collect::<Vec<_>>(),
+                    fit.local_error,
+                    fit.logsnr_local_error
+                );
+                manifest.fitted_times = Some(fit.times);
+                write_atomic(
+                    &manifest_path,
+                    serde_json::to_string_pretty(&manifest).expect("serialises").as_bytes(),
+                )?;
+            }
+            manifest.fitted_times.clone().map(|t| (solver, field, t))
+        }
+        _ => None,
+    };
     for first in (0..opts.num).step_by(opts.batch) {
         let indices: Vec<usize> = (first..(first + opts.batch).min(opts.num)).collect();
         if indices.iter().all(|&i| complete(i)) {
@@ -397,9 +511,11 @@ pub fn run<N: Network>(
         let started = Instant::now();
         let mut noise = VolumeNoise::new(opts.seed, indices.iter().map(|&i| i as u64).collect());
         let start = noise.draw([indices.len(), 1, size, size, size], device)?;
-        let out = sample(model, start, opts.steps, sampler, &mut noise, &mut |s, n| {
-            progress(done, opts.num, s, n)
-        })?;
+        let mut on_step = |s, n| progress(done, opts.num, s, n);
+        let out = match &fitted {
+            Some((solver, field, t)) => sample_on_times(model, start, t, *solver, *field, &mut on_step)?,
+            None => sample(model, start, opts.steps, sampler, &mut noise, &mut on_step)?,
+        };
         let seconds = started.elapsed().as_secs_f64() / indices.len() as f64;
         for (j, &i) in indices.iter().enumerate() {
             let name = file_name(i);
@@ -463,6 +579,8 @@ pub struct SampleJob {
     pub sampler: SamplerKind,
     /// The ODE solvers' grid (absent: the solver's default).
     pub grid: Option<GridKind>,
+    /// The ODE solvers' flow.
+    pub field: FieldKind,
     /// Predictor–corrector jump.
     pub k: usize,
     pub seed: u64,
@@ -532,6 +650,7 @@ pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
         steps: job.steps,
         sampler: job.sampler,
         grid: job.grid,
+        field: job.field,
         k: job.k,
         seed: job.seed,
         hu,
@@ -543,7 +662,10 @@ pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
     };
     let file = model.file();
     let sha256 = sha256_file(file)?;
-    let calls = crate::diffusion::sampler::network_calls(job.sampler.sampler(job.k, job.grid)?, job.steps)?;
+    let calls = crate::diffusion::sampler::network_calls(
+        job.sampler.sampler(job.k, job.grid, job.field)?,
+        job.steps,
+    )?;
     let bar = crate::progress::bar((job.num * calls) as u64, "steps", job.progress);
     let mut progress = |done: usize, total: usize, step: usize, _n: usize| {
         if let Some(b) = &bar {

@@ -236,10 +236,11 @@ fn ode_solvers_sample_in_few_steps() {
         ("dpm2m", None, 10),
         ("dpm3m", Some("uniform"), 10),
         ("unipc", None, 10),
+        ("unipc", Some("fitted"), 10),
         ("ddim", None, 10),
         ("heun", Some("edm"), 19),
     ] {
-        let out = dir.path().join(sampler);
+        let out = dir.path().join(format!("{sampler}-{}", grid.unwrap_or("default")));
         let mut args = vec![
             "--run",
             run.to_str().unwrap(),
@@ -263,7 +264,41 @@ fn ode_solvers_sample_in_few_steps() {
             let v = read_volume(&out.join(format!("xs/sample-0000{i}.nii.gz"))).unwrap();
             assert!(v.first_non_finite().is_none(), "{sampler}");
         }
+        // A fitted grid is recorded: 10 times from 999 down, then 0.
+        let t = &m["fitted_times"];
+        if grid == Some("fitted") {
+            let t: Vec<f64> = t.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            assert_eq!((t.len(), t[0], t[10]), (11, 999.0, 0.0), "{t:?}");
+            assert!(t.windows(2).all(|w| w[1] < w[0]), "{t:?}");
+        } else {
+            assert!(t.is_null(), "{sampler}: {t}");
+        }
     }
+    // Resuming a fitted job regenerates a lost volume on the recorded grid, exactly.
+    let out = dir.path().join("unipc-fitted");
+    let lost = out.join("xs/sample-00001.nii.gz");
+    let before = read_volume(&lost).unwrap();
+    std::fs::remove_file(&lost).unwrap();
+    let manifest_before = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    let args = ["--run", run.to_str().unwrap(), "--out", out.to_str().unwrap(), "--num", "2", "--batch", "2"];
+    sample(&[&args[..], &["--steps", "10", "--sampler", "unipc", "--grid", "fitted"]].concat());
+    assert_eq!(read_volume(&lost).unwrap().data, before.data);
+    let m = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["fitted_times"].clone();
+    assert_eq!(m(&std::fs::read_to_string(out.join("manifest.json")).unwrap()), m(&manifest_before));
+    let e = err(&prdit(&[&["sample"], &args[..], &["--sampler", "heun", "--grid", "fitted"]].concat(), &[]));
+    assert!(e.contains("--grid") && e.contains("heun"), "{e}");
+    // A folder written before `--field` (its manifest has none: the image head's flow) is not
+    // continued on the official field, and is on the image head's.
+    let out = dir.path().join("unipc-default");
+    let path = out.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    m["options"].as_object_mut().unwrap().remove("field");
+    std::fs::write(&path, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    let args = ["--run", run.to_str().unwrap(), "--out", out.to_str().unwrap(), "--num", "2", "--batch", "2"];
+    let args = [&args[..], &["--steps", "10", "--sampler", "unipc"]].concat();
+    let e = err(&prdit(&[&["sample"], &args[..]].concat(), &[]));
+    assert!(e.contains("field"), "{e}");
+    sample(&[&args[..], &["--field", "image"]].concat());
     let out = dir.path().join("hot");
     let e = err(&prdit(
         &[

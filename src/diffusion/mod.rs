@@ -5,6 +5,7 @@
 //! Python: `diffusion/ian_diffusion.py`.
 
 pub mod exact;
+pub mod fit;
 pub mod noise;
 pub mod ode;
 pub mod sampler;

@@ -93,6 +93,8 @@ pub enum Purpose {
     ValNoise = 4,
     /// Initial and corrector noise of a generated volume (index = volume seed mix).
     Sample = 5,
+    /// Noise of the pilot batch that fits a time grid to the model (index = pilot volume).
+    Pilot = 6,
 }
 
 /// Values per noise chunk: each chunk has its own stream, so the numbers do not depend on

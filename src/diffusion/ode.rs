@@ -17,6 +17,8 @@
 //! prediction of the last evaluation. Only the current state and, for the multistep solvers,
 //! the last two image predictions are kept: memory does not grow with the number of steps.
 
+use std::ops::{Add, Div, Mul, Sub};
+
 use burn::tensor::Tensor;
 
 use super::{Denoiser, NOISE_STD, NUM_TIMESTEPS, angle};
@@ -53,6 +55,22 @@ pub enum Solver {
     Heun,
 }
 
+/// Which ODE the solvers integrate. A trained PRDiT has two heads, x̂₀ and ε̂, trained
+/// separately; they agree only approximately, and the two choices are different flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Field {
+    /// The official samplers' ODE, `dx/dφ = −(sin φ·x̂₀ − cos φ·ε̂)` (both heads), written for
+    /// the data-prediction solvers with the image `sin²φ·x̂₀ + cos φ·(x − sin φ·ε̂)` — the image
+    /// whose implied noise `(x − cos φ·x̂)/sin φ` gives that same velocity: the x̂₀ head's weight
+    /// sin²φ at high noise, the ε̂ head's implied image `(x − sin φ·ε̂)/cos φ` (weight cos²φ) at
+    /// low noise. The few-step solvers then converge to the official deterministic sampler's
+    /// volumes (`docs/samplers.md`).
+    #[default]
+    Official,
+    /// The x̂₀ head alone, the noise implied by it (what DPM-Solver++ usually integrates).
+    Image,
+}
+
 /// Where the steps lie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Grid {
@@ -63,6 +81,9 @@ pub enum Grid {
     LogSnr,
     /// EDM's: uniform in σ_edm^(1/ρ), ρ = 7, over σ_edm ∈ [0.002, 80].
     Edm,
+    /// Fitted to the model by a pilot run ([`super::fit`]): its times come from
+    /// [`super::fit::fit_times`], not from [`times`].
+    Fitted,
 }
 
 /// φ(t) = (π/2)·t/T for a continuous t.
@@ -101,6 +122,12 @@ pub fn times(steps: usize, grid: Grid) -> Result<Vec<f64>> {
     let n = steps;
     let mut t: Vec<f64> = match grid {
         Grid::Uniform => (0..n).map(|k| T_START * (1.0 - k as f64 / n as f64)).collect(),
+        Grid::Fitted => {
+            return Err(Error::invalid(
+                "grid",
+                "a fitted grid's times come from a pilot run (fit::fit_times)",
+            ));
+        }
         Grid::LogSnr | Grid::Edm if n == 1 => vec![T_START],
         Grid::LogSnr => uniform_in_log_snr(-EDM_SIGMA_MAX.ln(), -EDM_SIGMA_MIN.ln(), n),
         Grid::Edm => {
@@ -114,7 +141,7 @@ pub fn times(steps: usize, grid: Grid) -> Result<Vec<f64>> {
 }
 
 /// `n` (≥ 2) times whose log-SNR runs uniformly from `from` to `to`.
-fn uniform_in_log_snr(from: f64, to: f64, n: usize) -> Vec<f64> {
+pub(crate) fn uniform_in_log_snr(from: f64, to: f64, n: usize) -> Vec<f64> {
     (0..n).map(|k| t_of_log_snr(from + (to - from) * k as f64 / (n - 1) as f64)).collect()
 }
 
@@ -126,11 +153,19 @@ pub fn network_calls(solver: Solver, steps: usize) -> usize {
     }
 }
 
-/// The image and noise predictions (x̂₀, ε̂) at time `t` (one network call for the batch).
-fn predict(model: &impl Denoiser, x: Tensor<5>, t: f64) -> (Tensor<5>, Tensor<5>) {
+/// The image and noise the solvers step with at time `t` > 0 (one network call for the batch),
+/// consistent with each other (`x = cos φ·x̂ + sin φ·ε̂`) on `field`, and the network's own image
+/// prediction.
+fn predict(model: &impl Denoiser, x: Tensor<5>, t: f64, field: Field) -> (Tensor<5>, Tensor<5>, Tensor<5>) {
     let [batch, ..] = x.dims();
-    let (eps, x0) = model.predict(x, &vec![t as f32; batch]);
-    (x0, eps)
+    let (eps, x0_head) = model.predict(x.clone(), &vec![t as f32; batch]);
+    let (s, c) = phi(t).sin_cos();
+    let x0 = match field {
+        Field::Official => x0_head.clone() * (s * s) + (x.clone() - eps * s) * c,
+        Field::Image => x0_head.clone(),
+    };
+    let eps = (x - x0.clone() * c) / s;
+    (x0, eps, x0_head)
 }
 
 /// Integrates from `x_start` (pure noise, taken to be at t = 999) to t = 0 in `steps` steps;
@@ -142,19 +177,36 @@ pub fn solve(
     steps: usize,
     solver: Solver,
     grid: Grid,
+    field: Field,
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<(Tensor<5>, Tensor<5>)> {
-    integrate(model, x_start, &times(steps, grid)?, solver, on_step)
+    integrate(model, x_start, &times(steps, grid)?, solver, field, on_step)
 }
 
 /// Integrates from `x_start` at `t[0]` through the times `t` (decreasing; a last time of 0
-/// is the exact last step); returns the state at the last time and the last image prediction.
+/// is the exact last step) on `field`; returns the state at the last time and the network's
+/// last image prediction.
 pub fn integrate(
     model: &impl Denoiser,
     x_start: Tensor<5>,
     t: &[f64],
     solver: Solver,
+    field: Field,
     on_step: &mut dyn FnMut(usize, usize),
+) -> Result<(Tensor<5>, Tensor<5>)> {
+    integrate_observed(model, x_start, t, solver, field, on_step, &mut |_, _, _, _| {})
+}
+
+/// [`integrate`], showing `observe(k, x, x̂₀, ε̂)` each network call at `t[k]` of the steps (not
+/// Heun's second calls): the state the network saw and the two predictions stepped with.
+pub(crate) fn integrate_observed(
+    model: &impl Denoiser,
+    x_start: Tensor<5>,
+    t: &[f64],
+    solver: Solver,
+    field: Field,
+    on_step: &mut dyn FnMut(usize, usize),
+    observe: &mut dyn FnMut(usize, &Tensor<5>, &Tensor<5>, &Tensor<5>),
 ) -> Result<(Tensor<5>, Tensor<5>)> {
     if t.len() < 2 || t.windows(2).any(|w| w[1] >= w[0] || w[1] < 0.0) {
         return Err(Error::invalid("steps", "the times must decrease to a value ≥ 0"));
@@ -174,75 +226,109 @@ pub fn integrate(
     let mut last_x0 = None;
     for k in 0..steps {
         let (ti, tj) = (t[k], t[k + 1]);
-        let (x0, eps) = predict(model, x.clone(), ti);
+        let (x0, eps, x0_head) = predict(model, x.clone(), ti, field);
         call(on_step);
+        observe(k, &x, &x0, &eps);
         if let Some((xs, ts)) = start.take() {
             // UniC: the step ts → ti again, with the prediction at ti (x0) among its nodes.
             x = unic(&xs, ts, ti, &x0, &history);
         }
         if tj == 0.0 {
             // The exact last step: at t = 0 the state is the image.
-            last_x0 = Some(x0.clone());
+            last_x0 = Some(x0_head);
             x = x0;
             break;
         }
-        let (pi, pj) = (phi(ti), phi(tj));
         x = match solver {
-            Solver::Ddim => x0.clone() * pj.cos() + eps * pj.sin(),
+            Solver::Ddim => ddim(&x0, eps, tj),
             Solver::DpmPp2m | Solver::DpmPp3m | Solver::UniPc => {
                 if solver == Solver::UniPc {
                     start = Some((x.clone(), ti));
                 }
-                let order = if solver == Solver::DpmPp3m { 3 } else { 2 };
-                let (li, lj) = (log_snr(ti), log_snr(tj));
-                let h = lj - li;
-                let si = NOISE_STD * pi.sin();
-                let (aj, sj) = (pj.cos(), NOISE_STD * pj.sin());
-                let phi1 = (-h).exp_m1();
-                // First order: x_j = (σ_j/σ_i)·x − α_j·φ₁·x̂₀.
-                let mut next = x * (sj / si) - x0.clone() * (aj * phi1);
-                let used = history.len().min(order - 1);
-                if used >= 1 {
-                    let (m1, l1) = &history[0];
-                    let r0 = (li - l1) / h;
-                    let d1_0 = (x0.clone() - m1.clone()) / r0;
-                    if used == 1 {
-                        next = next - d1_0 * (0.5 * aj * phi1);
-                    } else {
-                        let (m2, l2) = &history[1];
-                        let r1 = (l1 - l2) / h;
-                        let d1_1 = (m1.clone() - m2.clone()) / r1;
-                        // With x̂₀(λ) ≈ m + m'·(λ−λᵢ) + m''·(λ−λᵢ)²/2, the exponential integrator
-                        // x_j = (σ_j/σ_i)·x + σ_j ∫ e^λ x̂₀(λ) dλ is
-                        // (σ_j/σ_i)·x − α_j·φ₁·m + α_j·φ₂·(h·m') − α_j·φ₃·(h²·m'') with
-                        // φ₂ = φ₁/h + 1, φ₃ = φ₂/h − 1/2; the divided differences give
-                        // h·m' = d1 and h²·m'' = d2 up to O(h³).
-                        let d1 = d1_0.clone() + (d1_0.clone() - d1_1.clone()) * (r0 / (r0 + r1));
-                        let d2 = (d1_0 - d1_1) * (2.0 / (r0 + r1));
-                        let phi2 = phi1 / h + 1.0;
-                        let phi3 = phi2 / h - 0.5;
-                        next = next + d1 * (aj * phi2) - d2 * (aj * phi3);
-                    }
-                }
-                history.insert(0, (x0.clone(), li));
+                let next = multistep(order(solver), x, &x0, ti, tj, &history);
+                history.insert(0, (x0.clone(), log_snr(ti)));
                 history.truncate(2);
                 next
             }
             Solver::Heun => {
-                let (ci, cj) = (pi.cos(), pj.cos());
+                let (ci, cj) = (phi(ti).cos(), phi(tj).cos());
                 let (si, sj) = (edm_sigma(ti), edm_sigma(tj));
                 let y = x / ci;
                 let d = (y.clone() - x0.clone()) / si;
                 let y_euler = y.clone() + d.clone() * (sj - si);
-                let (x0_j, _) = predict(model, y_euler.clone() * cj, tj);
+                let (x0_j, _, _) = predict(model, y_euler.clone() * cj, tj, field);
                 call(on_step);
                 let d_j = (y_euler - x0_j) / sj;
                 (y + (d + d_j) * (0.5 * (sj - si))) * cj
             }
         };
-        last_x0 = Some(x0);
+        last_x0 = Some(x0_head);
     }
     Ok((x, last_x0.expect("at least one step")))
+}
+
+/// What the step formulas compute with: tensors when sampling, and symbolic combinations of
+/// recorded states when a grid is fitted (`super::fit`), so that both use the same formulas.
+pub(crate) trait Linear:
+    Clone + Add<Output = Self> + Sub<Output = Self> + Mul<f64, Output = Self> + Div<f64, Output = Self>
+{
+}
+
+impl<T> Linear for T where
+    T: Clone + Add<Output = T> + Sub<Output = T> + Mul<f64, Output = T> + Div<f64, Output = T>
+{
+}
+
+/// The multistep order of a solver (DDIM: 1; UniPC's predictor is 2M).
+pub(crate) fn order(solver: Solver) -> usize {
+    match solver {
+        Solver::Ddim => 1,
+        Solver::DpmPp3m => 3,
+        Solver::DpmPp2m | Solver::UniPc | Solver::Heun => 2,
+    }
+}
+
+/// DDIM's step to `tj`: the rotation `cos φ_j·x̂₀ + sin φ_j·ε̂`.
+pub(crate) fn ddim<V: Linear>(x0: &V, eps: V, tj: f64) -> V {
+    let pj = phi(tj);
+    x0.clone() * pj.cos() + eps * pj.sin()
+}
+
+/// DPM-Solver++ of `order` (≤ 3; lower while `history` is short) from `x` at `ti` to `tj` > 0,
+/// with the image prediction `x0` at `ti` and the earlier ones in `history` (newest first,
+/// with their λ).
+pub(crate) fn multistep<V: Linear>(order: usize, x: V, x0: &V, ti: f64, tj: f64, history: &[(V, f64)]) -> V {
+    let (pi, pj) = (phi(ti), phi(tj));
+    let (li, lj) = (log_snr(ti), log_snr(tj));
+    let h = lj - li;
+    let si = NOISE_STD * pi.sin();
+    let (aj, sj) = (pj.cos(), NOISE_STD * pj.sin());
+    let phi1 = (-h).exp_m1();
+    // First order: x_j = (σ_j/σ_i)·x − α_j·φ₁·x̂₀.
+    let next = x * (sj / si) - x0.clone() * (aj * phi1);
+    let used = history.len().min(order.saturating_sub(1));
+    if used == 0 {
+        return next;
+    }
+    let (m1, l1) = &history[0];
+    let r0 = (li - l1) / h;
+    let d1_0 = (x0.clone() - m1.clone()) / r0;
+    if used == 1 {
+        return next - d1_0 * (0.5 * aj * phi1);
+    }
+    let (m2, l2) = &history[1];
+    let r1 = (l1 - l2) / h;
+    let d1_1 = (m1.clone() - m2.clone()) / r1;
+    // With x̂₀(λ) ≈ m + m'·(λ−λᵢ) + m''·(λ−λᵢ)²/2, the exponential integrator
+    // x_j = (σ_j/σ_i)·x + σ_j ∫ e^λ x̂₀(λ) dλ is
+    // (σ_j/σ_i)·x − α_j·φ₁·m + α_j·φ₂·(h·m') − α_j·φ₃·(h²·m'') with
+    // φ₂ = φ₁/h + 1, φ₃ = φ₂/h − 1/2; the divided differences give
+    // h·m' = d1 and h²·m'' = d2 up to O(h³).
+    let d1 = d1_0.clone() + (d1_0.clone() - d1_1.clone()) * (r0 / (r0 + r1));
+    let d2 = (d1_0 - d1_1) * (2.0 / (r0 + r1));
+    let phi2 = phi1 / h + 1.0;
+    let phi3 = phi2 / h - 0.5;
+    next + d1 * (aj * phi2) - d2 * (aj * phi3)
 }
 
 /// The UniC-2 corrector (UniPC's `B(h) = e^h − 1` variant, data prediction): the step from
@@ -250,7 +336,7 @@ pub fn integrate(
 /// earlier time (`history[1]`, when there is one) and at `tt` (`x0_t`):
 /// `x_t = (σ_t/σ_s)·x_s − α_t·φ₁·m₀ − α_t·B(h)·(Σ ρ_k·D_k)`, `D_k = (m_k − m₀)/r_k`, with the ρ
 /// solving `Σ ρ_k r_k^(i−1) = i!·φ_{i+1}(h)/B(h)` (i = 1, 2); one node: ρ = ½.
-fn unic(xs: &Tensor<5>, ts: f64, tt: f64, x0_t: &Tensor<5>, history: &[(Tensor<5>, f64)]) -> Tensor<5> {
+pub(crate) fn unic<V: Linear>(xs: &V, ts: f64, tt: f64, x0_t: &V, history: &[(V, f64)]) -> V {
     let (m0, ls) = &history[0];
     let lt = log_snr(tt);
     let h = lt - ls;
@@ -319,7 +405,9 @@ mod tests {
         let point = gaussian(8, 0.3, 0.0);
         let mut noise = SeededNoise::new(1, NOISE_STD);
         let x = noise.draw([4, 1, 2, 2, 2], &device).unwrap();
-        let (mid, _) = integrate(&point, x.clone(), &[T_START, 400.0], Solver::Ddim, &mut |_, _| {}).unwrap();
+        let (mid, _) =
+            integrate(&point, x.clone(), &[T_START, 400.0], Solver::Ddim, Field::Official, &mut |_, _| {})
+                .unwrap();
         let (p0, p1) = (phi(T_START), phi(400.0));
         let want: Vec<f64> = host(x.clone())
             .iter()
@@ -330,8 +418,45 @@ mod tests {
             .collect();
         let err = host(mid).iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
         assert!(err < 1e-6, "one DDIM step off the exact path by {err}");
-        let (end, _) = solve(&point, x, 1, Solver::Ddim, Grid::Uniform, &mut |_, _| {}).unwrap();
+        let (end, _) =
+            solve(&point, x, 1, Solver::Ddim, Grid::Uniform, Field::Official, &mut |_, _| {}).unwrap();
         assert!(host(end).iter().all(|v| (v - 0.3).abs() < 1e-6));
+    }
+
+    /// A denoiser whose two heads disagree, as a trained network's do: the exact image head
+    /// of one Gaussian and a noise head off the noise that image implies.
+    struct TwoHeads(Mixture);
+
+    impl Denoiser for TwoHeads {
+        fn predict(&self, x_t: Tensor<5>, t: &[f32]) -> (Tensor<5>, Tensor<5>) {
+            let (eps, x0) = self.0.predict(x_t, t);
+            (eps * 1.2 + 0.05, x0)
+        }
+    }
+
+    /// On the official field a few-step solver converges to the official deterministic
+    /// sampler's volumes from the same noise; on the image head's it lands elsewhere.
+    #[test]
+    fn the_official_field_reproduces_the_official_sampler() {
+        use crate::diffusion::sampler::{Sampler, sample};
+        let device = Device::flex();
+        let model = TwoHeads(gaussian(8, 0.2, 0.3));
+        let x = SeededNoise::new(5, NOISE_STD).draw([64, 1, 2, 2, 2], &device).unwrap();
+        let mut noise = SeededNoise::new(6, NOISE_STD);
+        let official = host(
+            sample(&model, x.clone(), 1000, Sampler::Deterministic, &mut noise, &mut |_, _| {}).unwrap().x,
+        );
+        let rms = |field: Field| {
+            let (end, _) =
+                solve(&model, x.clone(), 20, Solver::UniPc, Grid::LogSnr, field, &mut |_, _| {}).unwrap();
+            let end = host(end);
+            (end.iter().zip(&official).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / end.len() as f64).sqrt()
+        };
+        let (on_official, on_image) = (rms(Field::Official), rms(Field::Image));
+        eprintln!(
+            "UniPC 20 steps vs the official sampler at 1000: official field {on_official:.5}, image field {on_image:.5}"
+        );
+        assert!(on_official < 0.01 && on_official < 0.1 * on_image, "{on_official} vs {on_image}");
     }
 
     /// RMS error at t = 0 against the closed-form flow of one Gaussian, from the same noise, on
@@ -346,7 +471,7 @@ mod tests {
         let mut t = uniform_in_log_snr(log_snr(T_START), log_snr(0.01), steps);
         t[0] = T_START;
         t.push(0.0);
-        let (end, _) = integrate(&data, x, &t, solver, &mut |_, _| {}).unwrap();
+        let (end, _) = integrate(&data, x, &t, solver, Field::Official, &mut |_, _| {}).unwrap();
         let got = host(end);
         (got.iter().zip(&exact).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / got.len() as f64).sqrt()
     }
@@ -391,8 +516,10 @@ mod tests {
             let sets: Vec<Vec<f64>> = v.chunks(v.len() / n).map(<[f64]>::to_vec).collect();
             distance(&data, &sets).sliced_w1
         };
-        let unipc = run(Sampler::Ode { solver: Solver::UniPc, grid: Grid::LogSnr }, 20);
-        let dpm = run(Sampler::Ode { solver: Solver::DpmPp2m, grid: Grid::LogSnr }, 50);
+        let unipc =
+            run(Sampler::Ode { solver: Solver::UniPc, grid: Grid::LogSnr, field: Field::Official }, 20);
+        let dpm =
+            run(Sampler::Ode { solver: Solver::DpmPp2m, grid: Grid::LogSnr, field: Field::Official }, 50);
         let official = run(Sampler::Deterministic, 1000);
         eprintln!(
             "sliced W1 to the data: UniPC 20 steps {unipc:.4}, DPM-Solver++(2M) 50 steps {dpm:.4}, \

@@ -7,7 +7,7 @@
 
 use burn::tensor::Tensor;
 
-pub use super::ode::{Grid, Solver};
+pub use super::ode::{Field, Grid, Solver};
 use super::{Denoiser, NUM_TIMESTEPS, NoiseSource, angle};
 use crate::error::{Error, Result};
 
@@ -20,7 +20,7 @@ pub enum Sampler {
     /// re-noising back up to the next grid time (k = 1 is the deterministic sampler).
     PredictorCorrector { k: usize },
     /// A few-step ODE solver (not in the official code) on its grid: [`super::ode`].
-    Ode { solver: Solver, grid: Grid },
+    Ode { solver: Solver, grid: Grid, field: Field },
 }
 
 impl Default for Sampler {
@@ -118,10 +118,35 @@ pub fn sample(
     noise: &mut dyn NoiseSource,
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<SampleOutput> {
-    if let Sampler::Ode { solver, grid } = sampler {
-        let (x, x0) = super::ode::solve(model, x_start, steps, solver, grid, on_step)?;
+    if let Sampler::Ode { solver, grid, field } = sampler {
+        let (x, x0) = super::ode::solve(model, x_start, steps, solver, grid, field, on_step)?;
         return Ok(SampleOutput { x, x0 });
     }
+    official(model, x_start, steps, sampler, noise, on_step)
+}
+
+/// An ODE solver on the given times (a fitted grid: [`super::fit`]), from `x_start` at `t[0]`.
+pub fn sample_on_times(
+    model: &impl Denoiser,
+    x_start: Tensor<5>,
+    t: &[f64],
+    solver: Solver,
+    field: Field,
+    on_step: &mut dyn FnMut(usize, usize),
+) -> Result<SampleOutput> {
+    let (x, x0) = super::ode::integrate(model, x_start, t, solver, field, on_step)?;
+    Ok(SampleOutput { x, x0 })
+}
+
+/// The official samplers' loop.
+fn official(
+    model: &impl Denoiser,
+    x_start: Tensor<5>,
+    steps: usize,
+    sampler: Sampler,
+    noise: &mut dyn NoiseSource,
+    on_step: &mut dyn FnMut(usize, usize),
+) -> Result<SampleOutput> {
     let grid = time_grid(steps)?;
     jump(sampler)?;
     let mut x = x_start;
