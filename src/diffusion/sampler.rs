@@ -122,7 +122,18 @@ pub fn sample(
         let (x, x0) = super::ode::solve(model, x_start, steps, solver, grid, field, on_step)?;
         return Ok(SampleOutput { x, x0 });
     }
-    official(model, x_start, steps, sampler, noise, on_step)
+    let grid = time_grid(steps)?;
+    jump(sampler)?;
+    let mut x = x_start;
+    let mut x0 = None;
+    for (n, &pair) in grid.iter().enumerate() {
+        let (next, x0_hat) = step(model, x, pair, sampler, noise)?;
+        x = next;
+        x0 = Some(x0_hat);
+        on_step(n + 1, grid.len());
+    }
+    let x0 = x0.expect("the time grid has at least one step");
+    Ok(SampleOutput { x, x0 })
 }
 
 /// An ODE solver on the given times (a fitted grid: [`super::fit`]), from `x_start` at `t[0]`.
@@ -135,29 +146,6 @@ pub fn sample_on_times(
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<SampleOutput> {
     let (x, x0) = super::ode::integrate(model, x_start, t, solver, field, on_step)?;
-    Ok(SampleOutput { x, x0 })
-}
-
-/// The official samplers' loop.
-fn official(
-    model: &impl Denoiser,
-    x_start: Tensor<5>,
-    steps: usize,
-    sampler: Sampler,
-    noise: &mut dyn NoiseSource,
-    on_step: &mut dyn FnMut(usize, usize),
-) -> Result<SampleOutput> {
-    let grid = time_grid(steps)?;
-    jump(sampler)?;
-    let mut x = x_start;
-    let mut x0 = None;
-    for (n, &pair) in grid.iter().enumerate() {
-        let (next, x0_hat) = step(model, x, pair, sampler, noise)?;
-        x = next;
-        x0 = Some(x0_hat);
-        on_step(n + 1, grid.len());
-    }
-    let x0 = x0.expect("the time grid has at least one step");
     Ok(SampleOutput { x, x0 })
 }
 
