@@ -22,9 +22,10 @@ const GLOBAL: &str = include_str!("../configs/tiny-global.toml");
 
 /// Phantom volumes the demo trains on.
 pub const VOLUMES: usize = 24;
-/// Volumes the demo samples, the sampler and its steps: UniPC at 20 steps draws the tiny
-/// model's anatomy cleanly with a tissue mix near the training phantoms', where the official
-/// samplers take 1000 steps and leave noise texture (`docs/samplers.md`).
+/// Volumes the demo samples, the sampler and its steps: UniPC at 20 steps on the image head's
+/// flow ([`FIELD`]) draws the tiny model's anatomy cleanly with a tissue mix near the training
+/// phantoms', where the official samplers take 1000 steps and leave noise texture
+/// (`docs/samplers.md`).
 pub const SAMPLES: usize = 2;
 pub const SAMPLER: SamplerKind = SamplerKind::Unipc;
 pub const SAMPLE_STEPS: usize = 20;
@@ -117,7 +118,7 @@ pub fn run(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<DemoOutcome>
     }
     let samples = opts.out.join("samples");
     say(&format!(
-        "4/4 sampling {SAMPLES} volumes ({} sampler, {SAMPLE_STEPS} steps) → {}",
+        "4/4 sampling {SAMPLES} volumes ({} sampler, {SAMPLE_STEPS} steps, the image head's flow) → {}",
         SAMPLER.name(),
         samples.display()
     ));
