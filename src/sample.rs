@@ -484,8 +484,9 @@ pub fn run<N: Network>(
                     burn::tensor::TensorData::new(data, [pilot, 1, size, size, size]),
                     device,
                 );
+                // Not on the volumes' progress bar, whose steps are the grid's.
                 let fit = fit::fit_times(model, x, solver, field, opts.steps, &mut |s, n| {
-                    progress(done, opts.num, s, n)
+                    tracing::debug!("pilot: {s}/{n} network calls")
                 })?;
                 tracing::info!(
                     "fitted times {:?}: summed local error {:.4} (the logsnr grid's: {:.4})",
