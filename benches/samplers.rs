@@ -11,7 +11,7 @@ use burn::tensor::{Device, Tensor};
 use prdit::bench::env_or;
 use prdit::diffusion::exact::{Distance, Mixture, benchmark_mixtures, distance};
 use prdit::diffusion::fit;
-use prdit::diffusion::sampler::{Field, Grid, Sampler, Solver, network_calls, sample, sample_on_times};
+use prdit::diffusion::sampler::{Field, Grid, Sampler, Solver, integrate, network_calls, sample};
 use prdit::diffusion::{NOISE_STD, NoiseSource, SeededNoise};
 
 fn to_sets(t: Tensor<5>, batch: usize) -> Vec<Vec<f64>> {
@@ -32,7 +32,7 @@ fn run(data: &Mixture, edge: usize, n: usize, sampler: Sampler, steps: usize) ->
             let pilot =
                 SeededNoise::new(12, NOISE_STD).draw([n / 16, 1, edge, edge, edge], &device).expect("noise");
             let fitted = fit::fit_times(data, pilot, solver, field, steps, &mut |_, _| {}).expect("fits");
-            sample_on_times(data, x, &fitted.times, solver, field, &mut |_, _| {}).expect("sampling runs")
+            integrate(data, x, &fitted.times, solver, field, &mut |_, _| {}).expect("sampling runs")
         }
         _ => sample(data, x, steps, sampler, &mut noise, &mut |_, _| {}).expect("sampling runs"),
     };

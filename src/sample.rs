@@ -17,7 +17,7 @@ use crate::data::volume::{Orientation, ValueRange, Volume, Window};
 use crate::device::to_host;
 use crate::diffusion::fit;
 use crate::diffusion::noise::{Purpose, normal_noise};
-use crate::diffusion::sampler::{Grid, sample_on_times};
+use crate::diffusion::sampler::{Grid, integrate};
 use crate::diffusion::{NOISE_STD, NoiseSource, Sampler, sample};
 use crate::error::{Error, Result};
 use crate::fsio::{FolderLock, write_atomic};
@@ -137,7 +137,16 @@ impl SamplerKind {
 
     /// The name users type (`--sampler`), as the command line spells it.
     pub fn name(self) -> String {
-        clap::ValueEnum::to_possible_value(&self).expect("no sampler is hidden").get_name().to_string()
+        cli_name(&self)
+    }
+
+    /// `grid`, or this ODE solver's default when absent: edm for Heun, logsnr for the others.
+    fn grid_or_default(self, grid: Option<GridKind>) -> GridKind {
+        match grid {
+            Some(g) => g,
+            None if self == SamplerKind::Heun => GridKind::Edm,
+            None => GridKind::Logsnr,
+        }
     }
 
     /// The update rule with jump `k` (hot) on `grid` and `field` (ODE solvers; each has a
@@ -164,19 +173,17 @@ impl SamplerKind {
             SamplerKind::Unipc => Solver::UniPc,
             SamplerKind::Heun => Solver::Heun,
         };
-        let grid = match grid {
-            Some(GridKind::Uniform) => Grid::Uniform,
-            Some(GridKind::Logsnr) => Grid::LogSnr,
-            Some(GridKind::Edm) => Grid::Edm,
-            Some(GridKind::Fitted) if solver == Solver::Heun => {
+        let grid = match self.grid_or_default(grid) {
+            GridKind::Uniform => Grid::Uniform,
+            GridKind::Logsnr => Grid::LogSnr,
+            GridKind::Edm => Grid::Edm,
+            GridKind::Fitted if solver == Solver::Heun => {
                 return Err(Error::invalid(
                     "grid",
                     "a fitted grid is for ddim, dpm2m, dpm3m and unipc, not heun",
                 ));
             }
-            Some(GridKind::Fitted) => Grid::Fitted,
-            None if solver == Solver::Heun => Grid::Edm,
-            None => Grid::LogSnr,
+            GridKind::Fitted => Grid::Fitted,
         };
         let field = match field {
             FieldKind::Official => Field::Official,
@@ -253,18 +260,8 @@ impl SampleOptions {
         if !self.sampler.is_ode() {
             return format!("{name} sampler");
         }
-        let grid = match self.grid {
-            Some(g) => {
-                clap::ValueEnum::to_possible_value(&g).expect("no grid is hidden").get_name().to_string()
-            }
-            None if self.sampler == SamplerKind::Heun => "edm".into(),
-            None => "logsnr".into(),
-        };
-        let field = clap::ValueEnum::to_possible_value(&self.field)
-            .expect("no field is hidden")
-            .get_name()
-            .to_string();
-        format!("{name} sampler ({grid} grid, {field} field)")
+        let grid = cli_name(&self.sampler.grid_or_default(self.grid));
+        format!("{name} sampler ({grid} grid, {} field)", cli_name(&self.field))
     }
 
     fn sampler(&self) -> Result<Sampler> {
@@ -325,6 +322,16 @@ pub struct Manifest {
 
 /// Progress of a job: (volumes done, volumes total, step in the current batch, its steps).
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, usize, usize);
+
+/// How the command line spells a value of one of its enums.
+fn cli_name(value: &impl clap::ValueEnum) -> String {
+    value.to_possible_value().expect("no value is hidden").get_name().to_string()
+}
+
+/// Writes `manifest` to `path` atomically.
+fn write_manifest(path: &Path, manifest: &Manifest) -> Result<()> {
+    write_atomic(path, serde_json::to_string_pretty(manifest).expect("serialises").as_bytes())
+}
 
 fn file_name(i: usize) -> String {
     format!("sample-{i:05}.nii.gz")
@@ -443,10 +450,7 @@ pub fn run<N: Network>(
     }
     manifest.volumes.sort_by_key(|r| r.index);
     if changed || !manifest_path.is_file() {
-        write_atomic(
-            &manifest_path,
-            serde_json::to_string_pretty(&manifest).expect("serialises").as_bytes(),
-        )?;
+        write_manifest(&manifest_path, &manifest)?;
     }
     let to_volume = |t: Tensor<5>, i: usize, file: &Path| -> Result<Volume> {
         let data = to_host(t.narrow(0, i, 1), "a generated volume")?;
@@ -495,10 +499,7 @@ pub fn run<N: Network>(
                     fit.logsnr_local_error
                 );
                 manifest.fitted_times = Some(fit.times);
-                write_atomic(
-                    &manifest_path,
-                    serde_json::to_string_pretty(&manifest).expect("serialises").as_bytes(),
-                )?;
+                write_manifest(&manifest_path, &manifest)?;
             }
             manifest.fitted_times.clone().map(|t| (solver, field, t))
         }
@@ -514,7 +515,7 @@ pub fn run<N: Network>(
         let start = noise.draw([indices.len(), 1, size, size, size], device)?;
         let mut on_step = |s, n| progress(done, opts.num, s, n);
         let out = match &fitted {
-            Some((solver, field, t)) => sample_on_times(model, start, t, *solver, *field, &mut on_step)?,
+            Some((solver, field, t)) => integrate(model, start, t, *solver, *field, &mut on_step)?,
             None => sample(model, start, opts.steps, sampler, &mut noise, &mut on_step)?,
         };
         let seconds = started.elapsed().as_secs_f64() / indices.len() as f64;
@@ -541,8 +542,7 @@ pub fn run<N: Network>(
         }
         done = (0..opts.num).filter(|&i| complete(i)).count();
         manifest.volumes.sort_by_key(|r| r.index);
-        let json = serde_json::to_string_pretty(&manifest).expect("serialises");
-        write_atomic(&manifest_path, json.as_bytes())?;
+        write_manifest(&manifest_path, &manifest)?;
         progress(done, opts.num, 0, 0);
     }
     Ok(manifest)

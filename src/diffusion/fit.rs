@@ -23,10 +23,7 @@ use std::ops::{Add, Div, Mul, Sub};
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::Denoiser;
-use super::ode::{
-    EDM_SIGMA_MAX, EDM_SIGMA_MIN, Field, Solver, T_START, ddim, integrate_observed, log_snr, multistep,
-    order, unic, uniform_in_log_snr,
-};
+use super::ode::{Field, Grid, Solver, ddim, integrate_observed, log_snr, multistep, times, unic};
 use crate::error::{Error, Result};
 
 /// Candidate times of the fine grid (network calls of the pilot): 40, or twice the steps.
@@ -114,15 +111,6 @@ fn noise(k: usize) -> Comb {
     Comb::of(3 * k + 2)
 }
 
-/// The candidate times: `candidates` uniform in λ over EDM's range, the first moved to t = 999,
-/// then 0.
-pub fn candidate_times(candidates: usize) -> Vec<f64> {
-    let mut t = uniform_in_log_snr(-EDM_SIGMA_MAX.ln(), -EDM_SIGMA_MIN.ln(), candidates);
-    t[0] = T_START;
-    t.push(0.0);
-    t
-}
-
 /// Fits the times of `steps` steps of `solver` on `field` to `model`, from the pilot noise
 /// `pilot` (`[n, 1, S, S, S]`, at t = 999): [`candidates_for`] network calls on the pilot
 /// batch, errors on at most [`VOXELS`] voxels per volume. `on_step(done, total)` reports the
@@ -151,7 +139,8 @@ pub fn fit_times(
     if steps == 0 {
         return Err(Error::invalid("steps", "a fitted grid needs at least one step"));
     }
-    let t = candidate_times(candidates);
+    // The `logsnr` grid of `candidates` steps: uniform in λ over EDM's range, first at 999.
+    let t = times(candidates, Grid::LogSnr)?;
     let [n, ..] = pilot.dims();
     let per = pilot.dims()[1..].iter().product::<usize>();
     let stride = per.div_ceil(VOXELS);
@@ -226,7 +215,7 @@ pub fn fit_times(
         let mut pred = match solver {
             Solver::Ddim => ddim(&image(j), noise(j), t[k]),
             // DPM-Solver++(3M) is fitted with its second-order step (one earlier node).
-            _ => multistep(order(solver).min(2), state(j), &image(j), t[j], t[k], &hist),
+            _ => multistep(2, state(j), &image(j), t[j], t[k], &hist),
         };
         if solver == Solver::UniPc {
             let mut nodes = vec![(image(j), log_snr(t[j]))];
@@ -238,7 +227,7 @@ pub fn fit_times(
     let path = best_path(candidates, steps, &cost);
     let local_error = path_cost(&path, &cost);
     // The log-SNR grid of the same steps, snapped to the candidates.
-    let reference = super::ode::times(steps, super::ode::Grid::LogSnr)?;
+    let reference = times(steps, Grid::LogSnr)?;
     let mut snapped: Vec<usize> = reference[..steps]
         .iter()
         .map(|&r| {
@@ -407,7 +396,7 @@ mod tests {
         let run = |t: &[f64]| {
             let n = 128;
             let x = SeededNoise::new(11, NOISE_STD).draw([n, 1, edge, edge, edge], &device).unwrap();
-            let (out, _) = integrate(&data, x, t, Solver::UniPc, Field::Official, &mut |_, _| {}).unwrap();
+            let out = integrate(&data, x, t, Solver::UniPc, Field::Official, &mut |_, _| {}).unwrap().x;
             let v: Vec<f64> =
                 crate::device::to_host(out, "test").unwrap().into_iter().map(f64::from).collect();
             let sets: Vec<Vec<f64>> = v.chunks(v.len() / n).map(<[f64]>::to_vec).collect();

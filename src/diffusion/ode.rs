@@ -21,7 +21,7 @@ use std::ops::{Add, Div, Mul, Sub};
 
 use burn::tensor::Tensor;
 
-use super::{Denoiser, NOISE_STD, NUM_TIMESTEPS, angle};
+use super::{Denoiser, NOISE_STD, NUM_TIMESTEPS, SampleOutput, angle};
 use crate::error::{Error, Result};
 
 /// The first time of every solver (the official grid's first network call).
@@ -141,7 +141,7 @@ pub fn times(steps: usize, grid: Grid) -> Result<Vec<f64>> {
 }
 
 /// `n` (≥ 2) times whose log-SNR runs uniformly from `from` to `to`.
-pub(crate) fn uniform_in_log_snr(from: f64, to: f64, n: usize) -> Vec<f64> {
+fn uniform_in_log_snr(from: f64, to: f64, n: usize) -> Vec<f64> {
     (0..n).map(|k| t_of_log_snr(from + (to - from) * k as f64 / (n - 1) as f64)).collect()
 }
 
@@ -169,7 +169,7 @@ fn predict(model: &impl Denoiser, x: Tensor<5>, t: f64, field: Field) -> (Tensor
 }
 
 /// Integrates from `x_start` (pure noise, taken to be at t = 999) to t = 0 in `steps` steps;
-/// returns the final state and the last image prediction. `on_step(done, total)` reports
+/// returns the final state and the network's last image prediction. `on_step(done, total)` reports
 /// progress in network calls.
 pub fn solve(
     model: &impl Denoiser,
@@ -179,7 +179,7 @@ pub fn solve(
     grid: Grid,
     field: Field,
     on_step: &mut dyn FnMut(usize, usize),
-) -> Result<(Tensor<5>, Tensor<5>)> {
+) -> Result<SampleOutput> {
     integrate(model, x_start, &times(steps, grid)?, solver, field, on_step)
 }
 
@@ -193,7 +193,7 @@ pub fn integrate(
     solver: Solver,
     field: Field,
     on_step: &mut dyn FnMut(usize, usize),
-) -> Result<(Tensor<5>, Tensor<5>)> {
+) -> Result<SampleOutput> {
     integrate_observed(model, x_start, t, solver, field, on_step, &mut |_, _, _, _| {})
 }
 
@@ -207,7 +207,7 @@ pub(crate) fn integrate_observed(
     field: Field,
     on_step: &mut dyn FnMut(usize, usize),
     observe: &mut dyn FnMut(usize, &Tensor<5>, &Tensor<5>, &Tensor<5>),
-) -> Result<(Tensor<5>, Tensor<5>)> {
+) -> Result<SampleOutput> {
     if t.len() < 2 || t.windows(2).any(|w| w[1] >= w[0] || w[1] < 0.0) {
         return Err(Error::invalid("steps", "the times must decrease to a value ≥ 0"));
     }
@@ -245,7 +245,9 @@ pub(crate) fn integrate_observed(
                 if solver == Solver::UniPc {
                     start = Some((x.clone(), ti));
                 }
-                let next = multistep(order(solver), x, &x0, ti, tj, &history);
+                // UniPC's predictor is DPM-Solver++(2M).
+                let order = if solver == Solver::DpmPp3m { 3 } else { 2 };
+                let next = multistep(order, x, &x0, ti, tj, &history);
                 history.insert(0, (x0.clone(), log_snr(ti)));
                 history.truncate(2);
                 next
@@ -264,7 +266,7 @@ pub(crate) fn integrate_observed(
         };
         last_x0 = Some(x0_head);
     }
-    Ok((x, last_x0.expect("at least one step")))
+    Ok(SampleOutput { x, x0: last_x0.expect("at least one step") })
 }
 
 /// What the step formulas compute with: tensors when sampling, and symbolic combinations of
@@ -277,15 +279,6 @@ pub(crate) trait Linear:
 impl<T> Linear for T where
     T: Clone + Add<Output = T> + Sub<Output = T> + Mul<f64, Output = T> + Div<f64, Output = T>
 {
-}
-
-/// The multistep order of a solver (DDIM: 1; UniPC's predictor is 2M).
-pub(crate) fn order(solver: Solver) -> usize {
-    match solver {
-        Solver::Ddim => 1,
-        Solver::DpmPp3m => 3,
-        Solver::DpmPp2m | Solver::UniPc | Solver::Heun => 2,
-    }
 }
 
 /// DDIM's step to `tj`: the rotation `cos φ_j·x̂₀ + sin φ_j·ε̂`.
@@ -405,9 +398,10 @@ mod tests {
         let point = gaussian(8, 0.3, 0.0);
         let mut noise = SeededNoise::new(1, NOISE_STD);
         let x = noise.draw([4, 1, 2, 2, 2], &device).unwrap();
-        let (mid, _) =
+        let mid =
             integrate(&point, x.clone(), &[T_START, 400.0], Solver::Ddim, Field::Official, &mut |_, _| {})
-                .unwrap();
+                .unwrap()
+                .x;
         let (p0, p1) = (phi(T_START), phi(400.0));
         let want: Vec<f64> = host(x.clone())
             .iter()
@@ -418,8 +412,8 @@ mod tests {
             .collect();
         let err = host(mid).iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
         assert!(err < 1e-6, "one DDIM step off the exact path by {err}");
-        let (end, _) =
-            solve(&point, x, 1, Solver::Ddim, Grid::Uniform, Field::Official, &mut |_, _| {}).unwrap();
+        let end =
+            solve(&point, x, 1, Solver::Ddim, Grid::Uniform, Field::Official, &mut |_, _| {}).unwrap().x;
         assert!(host(end).iter().all(|v| (v - 0.3).abs() < 1e-6));
     }
 
@@ -447,9 +441,9 @@ mod tests {
             sample(&model, x.clone(), 1000, Sampler::Deterministic, &mut noise, &mut |_, _| {}).unwrap().x,
         );
         let rms = |field: Field| {
-            let (end, _) =
+            let end =
                 solve(&model, x.clone(), 20, Solver::UniPc, Grid::LogSnr, field, &mut |_, _| {}).unwrap();
-            let end = host(end);
+            let end = host(end.x);
             (end.iter().zip(&official).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / end.len() as f64).sqrt()
         };
         let (on_official, on_image) = (rms(Field::Official), rms(Field::Image));
@@ -471,8 +465,8 @@ mod tests {
         let mut t = uniform_in_log_snr(log_snr(T_START), log_snr(0.01), steps);
         t[0] = T_START;
         t.push(0.0);
-        let (end, _) = integrate(&data, x, &t, solver, Field::Official, &mut |_, _| {}).unwrap();
-        let got = host(end);
+        let end = integrate(&data, x, &t, solver, Field::Official, &mut |_, _| {}).unwrap();
+        let got = host(end.x);
         (got.iter().zip(&exact).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / got.len() as f64).sqrt()
     }
 

@@ -7,7 +7,7 @@
 
 use burn::tensor::Tensor;
 
-pub use super::ode::{Field, Grid, Solver};
+pub use super::ode::{Field, Grid, Solver, integrate};
 use super::{Denoiser, NUM_TIMESTEPS, NoiseSource, angle};
 use crate::error::{Error, Result};
 
@@ -119,8 +119,7 @@ pub fn sample(
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<SampleOutput> {
     if let Sampler::Ode { solver, grid, field } = sampler {
-        let (x, x0) = super::ode::solve(model, x_start, steps, solver, grid, field, on_step)?;
-        return Ok(SampleOutput { x, x0 });
+        return super::ode::solve(model, x_start, steps, solver, grid, field, on_step);
     }
     let grid = time_grid(steps)?;
     jump(sampler)?;
@@ -133,19 +132,6 @@ pub fn sample(
         on_step(n + 1, grid.len());
     }
     let x0 = x0.expect("the time grid has at least one step");
-    Ok(SampleOutput { x, x0 })
-}
-
-/// An ODE solver on the given times (a fitted grid: [`super::fit`]), from `x_start` at `t[0]`.
-pub fn sample_on_times(
-    model: &impl Denoiser,
-    x_start: Tensor<5>,
-    t: &[f64],
-    solver: Solver,
-    field: Field,
-    on_step: &mut dyn FnMut(usize, usize),
-) -> Result<SampleOutput> {
-    let (x, x0) = super::ode::integrate(model, x_start, t, solver, field, on_step)?;
     Ok(SampleOutput { x, x0 })
 }
 
