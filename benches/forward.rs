@@ -17,7 +17,10 @@ fn main() {
     let name: String = env_or("PRDIT_BENCH_MODEL", "PRDiT-B/12/4".to_string());
     let cfg = PrditConfig::from_name(&name, size).unwrap_or_else(|e| panic!("{e}"));
     let stage1 = PrditConfig { depth: 0, ..cfg.clone() };
-    let print = |r: prdit::bench::CaseResult| println!("{}", serde_json::to_string(&r).expect("serialises"));
+    let print = |r: prdit::Result<prdit::bench::CaseResult>| {
+        let r = r.unwrap_or_else(|e| panic!("{e}"));
+        println!("{}", serde_json::to_string(&r).expect("serialises"))
+    };
 
     let x = Tensor::<5>::random([batch, 1, size, size, size], Distribution::Normal(0.0, 0.5), device);
     let case = format!("extract-patches {size}^3 b{batch}");

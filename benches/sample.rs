@@ -9,7 +9,8 @@ use prdit::bench::{Bench, CaseResult, env_or, seconds_per_volume_1000};
 use prdit::model::Prdit;
 use prdit::model::highres::{PrditSr, SrConfig};
 
-fn print(r: &CaseResult) {
+fn print(r: &prdit::Result<CaseResult>) {
+    let r = r.as_ref().unwrap_or_else(|e| panic!("{e}"));
     let mut v = serde_json::to_value(r).expect("serialises");
     v["s_per_volume_1000_steps"] = seconds_per_volume_1000(r).into();
     v["volumes_per_hour_1000_steps"] = (3600.0 / seconds_per_volume_1000(r)).into();

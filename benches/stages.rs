@@ -39,7 +39,7 @@ fn main() {
     let (patch, stride, pad) = (cfg.patch_size, cfg.stride, cfg.padding);
     let rows = std::cell::RefCell::new(Vec::<(String, f64)>::new());
     let time = |label: &str, f: &mut dyn FnMut()| {
-        let r = bench.time(label.to_string(), batch, f);
+        let r = bench.time(label.to_string(), batch, f).unwrap_or_else(|e| panic!("{e}"));
         rows.borrow_mut().push((label.to_string(), r.ms_median));
     };
     let table = |title: &str, total: f64| {
@@ -54,7 +54,10 @@ fn main() {
     let model = Prdit::init(&cfg, 1, device).unwrap_or_else(|e| panic!("{e}"));
     let x = Tensor::<5>::random([batch, 1, size, size, size], Distribution::Normal(0.0, 0.5), device);
     let t: Vec<f32> = (0..batch).map(|i| 100.0 + 600.0 * i as f32).collect();
-    let whole = bench.time("whole".into(), batch, || model.forward(x.clone(), &t)).ms_median;
+    let whole = bench
+        .time("whole".into(), batch, || model.forward(x.clone(), &t))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .ms_median;
     let (cc, cf) = model.t_embedder.forward(&t, device);
     let cf = cf.expect("a stage-2 model has a fine head");
     let p = extract_patches(x.clone(), patch, stride, pad);

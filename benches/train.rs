@@ -18,7 +18,8 @@ fn main() {
     {
         let stage2 = PrditConfig::from_name(&name, size).unwrap_or_else(|e| panic!("{e}"));
         for cfg in [PrditConfig { depth: 0, ..stage2.clone() }, stage2] {
-            println!("{}", serde_json::to_string(&bench.train(&cfg, batch, batch)).expect("serialises"));
+            let r = bench.train(&cfg, batch, batch).unwrap_or_else(|e| panic!("{e}"));
+            println!("{}", serde_json::to_string(&r).expect("serialises"));
         }
     }
 }

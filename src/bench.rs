@@ -8,9 +8,12 @@ use std::time::Instant;
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
-use crate::config::TrainSection;
+use crate::config::{RunConfig, TrainSection};
 use crate::diffusion::sampler::step;
 use crate::diffusion::{Denoiser, NoiseSource, Sampler};
+use crate::error::{Error, Result};
+use crate::model::highres::PrditSr;
+use crate::model::network::Network;
 use crate::model::{Prdit, PrditConfig};
 use crate::sample::VolumeNoise;
 use crate::train::step::{StepOutcome, Trainer};
@@ -117,29 +120,43 @@ impl Bench {
     }
 
     /// Runs `f` once, `warmup` times untimed and `timed` times timed, syncing after each.
-    pub fn time<R>(&self, case: String, volumes: usize, mut f: impl FnMut() -> R) -> CaseResult {
+    pub fn time<R>(&self, case: String, volumes: usize, mut f: impl FnMut() -> R) -> Result<CaseResult> {
+        self.try_time(case, volumes, || Ok(f()))
+    }
+
+    /// [`time`](Self::time) for work that can fail: the first error ends the case. A panic
+    /// inside the backend (CubeCL panics on an allocation the device refuses) becomes an error
+    /// naming the case too.
+    pub fn try_time<R>(
+        &self,
+        case: String,
+        volumes: usize,
+        mut f: impl FnMut() -> Result<R>,
+    ) -> Result<CaseResult> {
         let mut peak = 0u64;
-        let mut once = || {
+        let mut once = || -> Result<f64> {
             let t = Instant::now();
-            let r = f();
-            self.device.sync().expect("device sync");
+            let r = catch_backend_panic(&case, &mut f)?;
+            self.device
+                .sync()
+                .map_err(|e| Error::failed(format!("{case}: the device sync"), format!("{e:?}")))?;
             drop(r);
             if let Some(u) = self.device.memory_pool_usage() {
                 peak = peak.max(u.bytes_reserved);
             }
-            t.elapsed().as_secs_f64() * 1e3
+            Ok(t.elapsed().as_secs_f64() * 1e3)
         };
-        let ms_first = once();
+        let ms_first = once()?;
         let cold_start_s = Some(self.since.elapsed().as_secs_f64());
         for _ in 0..self.iterations.warmup {
-            once();
+            once()?;
         }
-        let mut times: Vec<f64> = (0..self.iterations.timed).map(|_| once()).collect();
+        let mut times: Vec<f64> = (0..self.iterations.timed).map(|_| once()).collect::<Result<_>>()?;
         times.sort_by(f64::total_cmp);
         let (ms_median, ms_min) =
             if times.is_empty() { (ms_first, ms_first) } else { (times[times.len() / 2], times[0]) };
         let reference = official(&case);
-        CaseResult {
+        Ok(CaseResult {
             device: self.device_name.clone(),
             ms_first,
             cold_start_s,
@@ -151,34 +168,51 @@ impl Bench {
             official_peak_gib: reference.map(|r| r.1),
             ratio: reference.map(|r| ms_median / r.0),
             case,
-        }
+        })
     }
 
     /// One training step (loss, backward, clipping, AdamW, EMA) of stage 1 (`cfg.depth == 0`)
     /// or stage 2 (stage 1 frozen), batch `batch` in micro-batches of `micro`.
-    pub fn train(&self, cfg: &PrditConfig, batch: usize, micro: usize) -> CaseResult {
+    pub fn train(&self, cfg: &PrditConfig, batch: usize, micro: usize) -> Result<CaseResult> {
         let ad = self.device.clone().autodiff();
         let model = if cfg.depth == 0 {
-            Prdit::init(cfg, 0, &ad).expect("a valid configuration")
+            Prdit::init(cfg, 0, &ad)?
         } else {
-            Prdit::init_with_gain(cfg, 0, 0.1, &ad).expect("a valid configuration").freeze_stage1()
+            Prdit::init_with_gain(cfg, 0, 0.1, &ad)?.freeze_stage1()
         };
+        self.train_network(model, batch, micro)
+    }
+
+    /// One training step of `model` (on this device's autodiff twin, its stage already set:
+    /// what trains, what is frozen), batch `batch` in micro-batches of `micro`.
+    pub fn train_network<N: Network>(&self, model: N, batch: usize, micro: usize) -> Result<CaseResult> {
+        let ad = self.device.clone().autodiff();
+        let (name, s) = (N::name(model.config()), N::volume_size(model.config()));
         // The official recipe's optimizer, clipping and EMA (the `[train]` defaults).
         let recipe = TrainSection { batch_size: batch, micro_batch: Some(micro), ..TrainSection::default() };
         let mut trainer = Trainer::start(model, &recipe);
-        let s = cfg.input_size;
         let shape = [batch, 1, s, s, s];
         let x0 = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), &ad);
         let noise = Tensor::<5>::random(shape, Distribution::Normal(0.0, 0.5), &ad);
         let t: Vec<usize> = (0..batch).map(|i| (137 + 311 * i) % 1000).collect();
-        self.time(format!("train {} {s}^3 b{batch}", cfg.name()), batch, || {
-            let out = trainer.step(x0.clone(), &t, noise.clone(), 1e-4).expect("the losses reach the host");
-            assert!(matches!(out, StepOutcome::Done { .. }), "the benchmark step was skipped");
+        let case = format!("train {name} {s}^3 b{batch}");
+        let what = case.clone();
+        self.try_time(case, batch, || match trainer.step(x0.clone(), &t, noise.clone(), 1e-4)? {
+            StepOutcome::Done { .. } => Ok(()),
+            StepOutcome::Skipped { loss } => {
+                Err(Error::failed(what.clone(), format!("the step was skipped (loss {loss})")))
+            }
         })
     }
 
     /// One no-grad forward of the whole model (the network call of a sampling step).
-    pub fn forward(&self, model: &impl Denoiser, name: &str, size: usize, batch: usize) -> CaseResult {
+    pub fn forward(
+        &self,
+        model: &impl Denoiser,
+        name: &str,
+        size: usize,
+        batch: usize,
+    ) -> Result<CaseResult> {
         let x =
             Tensor::<5>::random([batch, 1, size, size, size], Distribution::Normal(0.0, 0.5), &self.device);
         let t = vec![500.0f32; batch];
@@ -186,13 +220,32 @@ impl Bench {
     }
 
     /// One predictor–corrector step (network call, update, per-volume host noise).
-    pub fn sample_step(&self, model: &impl Denoiser, name: &str, size: usize, batch: usize) -> CaseResult {
+    pub fn sample_step(
+        &self,
+        model: &impl Denoiser,
+        name: &str,
+        size: usize,
+        batch: usize,
+    ) -> Result<CaseResult> {
         let mut noise = VolumeNoise::new(0, (0..batch as u64).collect());
-        let x = noise.draw([batch, 1, size, size, size], &self.device).expect("noise");
-        self.time(format!("pc-step {name} {size}^3 b{batch}"), batch, || {
-            step(model, x.clone(), (999, 998), Sampler::default(), &mut noise).expect("step").0
+        let x = noise.draw([batch, 1, size, size, size], &self.device)?;
+        self.try_time(format!("pc-step {name} {size}^3 b{batch}"), batch, || {
+            Ok(step(model, x.clone(), (999, 998), Sampler::default(), &mut noise)?.0)
         })
     }
+}
+
+/// `f()`, with a panic inside it (the backend's way of reporting some device failures, such as
+/// an allocation the device refuses) turned into an error naming `case`.
+fn catch_backend_panic<R>(case: &str, f: &mut impl FnMut() -> Result<R>) -> Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let reason = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the backend panicked".into());
+        Err(Error::failed(case, reason))
+    })
 }
 
 /// Seconds per volume for a 1000-step run from a sampling-step case.
@@ -260,14 +313,14 @@ pub fn run_cases(
     };
     if what.train() {
         let b = batch.unwrap_or(16);
-        keep(bench.train(&stage1, b, b));
-        keep(bench.train(stage2, b, b));
+        keep(bench.train(&stage1, b, b)?);
+        keep(bench.train(stage2, b, b)?);
     }
     if what.sample() {
         let b = batch.unwrap_or(8);
         let model = Prdit::init(stage2, 0, &bench.device)?;
-        keep(bench.forward(&model, &stage2.name(), stage2.input_size, b));
-        keep(bench.sample_step(&model, &stage2.name(), stage2.input_size, b));
+        keep(bench.forward(&model, &stage2.name(), stage2.input_size, b)?);
+        keep(bench.sample_step(&model, &stage2.name(), stage2.input_size, b)?);
     }
     Ok(results)
 }
@@ -277,13 +330,31 @@ pub fn report_json(device: &str, cases: &[CaseResult]) -> serde_json::Value {
     serde_json::json!({"device": device, "prdit": env!("CARGO_PKG_VERSION"), "burn": "0.22.1", "cases": cases})
 }
 
-/// `prdit warmup`: one training step (at the run's micro-batch) and one sampling step of the
-/// run's network, which compiles and tunes their kernels into the persistent cache.
-pub fn warmup(bench: &Bench, net: &PrditConfig, micro_batch: usize) -> crate::Result<[CaseResult; 2]> {
-    let step = bench.train(net, micro_batch, micro_batch);
-    let model = Prdit::init(net, 0, &bench.device)?;
-    let pc = bench.sample_step(&model, &net.name(), net.input_size, 1);
-    Ok([step, pc])
+/// `prdit warmup`: one training step (at the run's micro-batch, else its batch) and one
+/// sampling step of the network the run trains — the stage-1 or stage-2 PRDiT, or for a
+/// `[highres]` run the refinement on its base (phase 3a: base frozen; 3b: base fine-tuned) —
+/// which compiles and tunes their kernels into the persistent cache.
+pub fn warmup(bench: &Bench, cfg: &RunConfig) -> Result<[CaseResult; 2]> {
+    let micro = cfg.train.micro_batch.unwrap_or(cfg.train.batch_size);
+    let net = cfg.model_config()?;
+    let ad = bench.device.clone().autodiff();
+    match &cfg.highres {
+        None => {
+            let step = bench.train(&net, micro, micro)?;
+            let model = Prdit::init(&net, 0, &bench.device)?;
+            let pc = bench.sample_step(&model, &net.name(), net.input_size, 1)?;
+            Ok([step, pc])
+        }
+        Some(h) => {
+            let sr = cfg.highres_config()?;
+            let trained = PrditSr::on_base(&sr, Prdit::init(&net, 0, &ad)?, 0, &ad)?;
+            let trained = if h.finetune_base { trained.finetune_base() } else { trained.freeze_base() };
+            let step = bench.train_network(trained, micro, micro)?;
+            let model = PrditSr::on_base(&sr, Prdit::init(&net, 0, &bench.device)?, 0, &bench.device)?;
+            let pc = bench.sample_step(&model, &sr.name(), sr.target_size, 1)?;
+            Ok([step, pc])
+        }
+    }
 }
 
 #[cfg(test)]
@@ -300,22 +371,45 @@ mod tests {
         assert!(official("train PRDiT-B/12/4 32^3 b2").is_none());
     }
 
-    #[test]
-    fn timing_reports_the_median_and_the_ratio() {
-        let bench = Bench {
+    fn cpu_bench(warmup: usize, timed: usize) -> Bench {
+        Bench {
             device: Device::flex(),
             device_name: "cpu".into(),
-            iterations: Iterations { warmup: 1, timed: 3 },
+            iterations: Iterations { warmup, timed },
             since: Instant::now(),
-        };
+        }
+    }
+
+    #[test]
+    fn timing_reports_the_median_and_the_ratio() {
+        let bench = cpu_bench(1, 3);
         let mut n = 0u64;
-        let r = bench.time("fwd PRDiT-B/12/4 128^3 b8".into(), 8, || {
-            n += 1;
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        });
+        let r = bench
+            .time("fwd PRDiT-B/12/4 128^3 b8".into(), 8, || {
+                n += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            })
+            .unwrap();
         assert_eq!(n, 5, "first + warm-up + timed");
         assert!(r.ms_median >= 2.0 && r.ms_min <= r.ms_median);
-        assert_eq!(r.official_ms, Some(official("fwd PRDiT-B/12/4 128^3 b8").unwrap().0));
-        assert!((r.ratio.unwrap() - r.ms_median / r.official_ms.unwrap()).abs() < 1e-12);
+        // The official forward took 25.24 ms; a 2 ms sleep is at least 2/25.25 of it.
+        assert!((r.official_ms.unwrap() - 25.24).abs() < 0.01, "{:?}", r.official_ms);
+        assert!(r.ratio.unwrap() >= 2.0 / 25.25, "{:?}", r.ratio);
+    }
+
+    #[test]
+    fn failures_and_backend_panics_become_errors_naming_the_case() {
+        let bench = cpu_bench(0, 1);
+        let e = bench
+            .try_time::<()>("case A".into(), 1, || Err(Error::failed("x", "out of memory")))
+            .unwrap_err();
+        assert!(e.to_string().contains("out of memory"), "{e}");
+        let e =
+            bench.try_time::<()>("case B".into(), 1, || panic!("allocation of 80 GiB refused")).unwrap_err();
+        assert!(
+            matches!(&e, Error::Failed { what, reason } if what == "case B" && reason.contains("80 GiB")),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), 1);
     }
 }

@@ -1,5 +1,8 @@
 //! Command-line arguments and dispatch: each command maps its flags to one library call and
-//! prints the result. Nothing past this file sees clap types.
+//! prints the result. The library's closed choices (`Entry`, `Orientation`, `MmdEstimator`,
+//! `Preset`, `Recipe`, `What`, `SamplerKind`, `GridKind`, `FieldKind`) derive `clap::ValueEnum`
+//! where they are defined, so that their spellings are one list, which the library also prints
+//! in manifests and labels; every other clap type (the parser, the argument structs) is here.
 
 use std::path::PathBuf;
 
@@ -90,7 +93,7 @@ pub enum Command {
     #[command(after_help = "Example:\n  prdit phantom --out data/phantoms --num 100 --size 64")]
     Phantom(PhantomArgs),
     /// The first thing to run: a phantom dataset, a brief stage-1 and stage-2 training of a
-    /// tiny model, and previews — a few minutes on a laptop CPU.
+    /// tiny model, and previews — about two minutes on two CPU cores.
     #[command(after_help = "Example:\n  prdit demo --out prdit-demo")]
     Demo(DemoArgs),
     /// Time the hot paths (training steps, forward, sampler step): cold start, warm median,
@@ -165,7 +168,7 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 1)]
     batch: usize,
     /// Sampling steps (the official grid: one network call per step when it divides 1000;
-    /// the ODE solvers make one per step, Heun two). unipc needs about 20, dpm2m 20–50, where
+    /// the ODE solvers make one per step, Heun two but the last). unipc needs about 20, dpm2m 20–50, where
     /// the official samplers take 1000 (docs/samplers.md).
     #[arg(long, default_value_t = 1000)]
     steps: usize,
@@ -179,9 +182,9 @@ pub struct SampleArgs {
     /// few steps give their volumes) or image (the image head alone).
     #[arg(long, value_enum, default_value_t = FieldKind::Official)]
     field: FieldKind,
-    /// Jump of the predictor–corrector sampler.
-    #[arg(long, default_value_t = 2)]
-    k: usize,
+    /// Jump of the hot predictor–corrector sampler (default 2; the other samplers have none).
+    #[arg(long)]
+    k: Option<usize>,
     /// Seed; volume i uses noise stream i of it.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -200,9 +203,9 @@ pub struct SampleArgs {
     /// The network of an official .pt/.pth (an official name with --size, or a TOML file).
     #[arg(long)]
     model: Option<String>,
-    /// Volume edge for --model.
-    #[arg(long, default_value_t = 128)]
-    size: usize,
+    /// Volume edge for --model (default 128).
+    #[arg(long, requires = "model")]
+    size: Option<usize>,
     /// Entry of an official full checkpoint.
     #[arg(long, value_enum, default_value_t = Entry::Auto)]
     entry: Entry,
@@ -348,10 +351,12 @@ pub struct PrepareArgs {
     /// Edge of the written volumes.
     #[arg(long, default_value_t = 128)]
     size: usize,
-    /// Fixed HU window MIN,MAX (instead of the recipe's).
+    /// Fixed HU window MIN,MAX (generic recipe only: lidc and rad-chestct compute each
+    /// volume's window as the official scripts do).
     #[arg(long, value_parser = parse_window)]
     window: Option<Window>,
-    /// Voxel spacing in mm to resample to (instead of the recipe's).
+    /// Voxel spacing in mm to resample to (instead of the recipe's; not rad-chestct, which does
+    /// not resample).
     #[arg(long)]
     spacing: Option<f32>,
     /// Field of view in voxels of that spacing (instead of the recipe's).
@@ -408,9 +413,9 @@ pub struct InspectArgs {
     /// Optional when --weights is a prdit checkpoint (it embeds its configuration).
     #[arg(long)]
     model: Option<String>,
-    /// Volume edge S (volumes are S³).
-    #[arg(long, default_value_t = 128)]
-    size: usize,
+    /// Volume edge S (volumes are S³) of --model (default 128).
+    #[arg(long, requires = "model")]
+    size: Option<usize>,
     /// A weights file to load into the model: PyTorch .pt/.pth, safetensors or a prdit checkpoint.
     #[arg(long)]
     weights: Option<PathBuf>,
@@ -435,7 +440,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => a.gpu.clone(),
         _ => KernelCacheArgs::default(),
     };
-    if let Some(dir) = device::configure_kernel_cache(cache.kernel_cache, !cache.no_kernel_cache) {
+    if let Some(dir) = device::configure_kernel_cache(cache.kernel_cache, !cache.no_kernel_cache)
+        .context("the kernel cache (--kernel-cache or PRDIT_KERNEL_CACHE)")?
+    {
         tracing::debug!("kernel cache: {}", dir.display());
     }
     match cli.command {
@@ -476,9 +483,7 @@ fn train_cmd(
 ) -> Result<Summary> {
     let (mut cfg, default_out) = match (&args.config, &args.out) {
         (Some(path), _) => {
-            let cfg = RunConfig::load(path).context("the run configuration")?;
-            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("run").to_string();
-            (cfg, PathBuf::from("runs").join(name))
+            (RunConfig::load(path).context("the run configuration")?, prdit::train::default_run_dir(path))
         }
         (None, Some(out)) if args.resume => {
             let path = out.join("config.toml");
@@ -548,18 +553,13 @@ fn with_flags(e: prdit::Error, flags: &[(&str, &str)]) -> anyhow::Error {
     }
 }
 
-/// A report as JSON, keys sorted at every level (as prdit has always printed reports).
-fn json_text<T: Serialize>(report: &T) -> Result<String> {
-    Ok(serde_json::to_string_pretty(&serde_json::to_value(report)?)?)
-}
-
-/// Prints a JSON report and writes it to `out` too.
+/// Prints a JSON report, then writes it to `out` too (atomically; a failed write is an error
+/// naming the file, with the exit code of its cause, and the report is on stdout already).
 fn print_report<T: Serialize>(report: &T, out: Option<&PathBuf>) -> Result<()> {
-    let text = json_text(report)?;
+    println!("{}", prdit::fsio::json_text(report)?);
     if let Some(out) = out {
-        std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
+        prdit::fsio::write_json(out, report)?;
     }
-    println!("{text}");
     Ok(())
 }
 
@@ -568,14 +568,16 @@ fn sample_cmd(spec: DeviceSpec, args: &SampleArgs, quiet: bool) -> Result<()> {
         (Some(path), _) | (None, Some(path)) => path.clone(),
         (None, None) => bail!("give --run RUN_DIR or --checkpoint FILE"),
     };
-    let network = args.model.as_deref().map(|m| resolve::model_config(m, args.size)).transpose()?;
+    let network =
+        args.model.as_deref().map(|m| resolve::model_config(m, args.size.unwrap_or(128))).transpose()?;
     let job = SampleJob {
         model,
         weights: if args.raw { Weights::Raw } else { Weights::Ema },
         network,
         entry: args.entry,
         intensity: match (args.hu, args.window) {
-            (false, _) => Intensity::Model,
+            (false, Some(_)) => bail!("--window is the HU window of --hu: add --hu, or leave --window out"),
+            (false, None) => Intensity::Model,
             (true, Some(w)) => Intensity::Hu(w),
             (true, None) => Intensity::RunHu,
         },
@@ -605,6 +607,8 @@ fn sample_cmd(spec: DeviceSpec, args: &SampleArgs, quiet: bool) -> Result<()> {
                 ("grid", "--grid"),
                 ("window", "--hu: give the window with --window MIN,MAX"),
                 ("network", "an official weights file needs --model (its network)"),
+                ("model", "--model"),
+                ("entry", "--entry"),
             ],
         )
     })?;
@@ -638,7 +642,8 @@ fn eval_fid_cmd(spec: DeviceSpec, args: &EvalFidArgs, quiet: bool) -> Result<()>
         clamp: args.clamp,
         progress: progress::enabled(quiet),
     };
-    let report = prdit::eval::fid::evaluate(&opts, &device_for(spec)?)?;
+    let report = prdit::eval::fid::evaluate(&opts, &device_for(spec)?)
+        .map_err(|e| with_flags(e, &[("num", "--num"), ("batch", "--batch")]))?;
     print_report(&report, args.out.as_ref())
 }
 
@@ -674,8 +679,7 @@ fn bench_cmd(spec: DeviceSpec, args: &BenchArgs, started: std::time::Instant) ->
     })
     .map_err(|e| with_flags(e, &[("model", "--model")]))?;
     if let Some(path) = &args.json {
-        let doc = prdit::bench::report_json(&bench.device_name, &cases);
-        prdit::fsio::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        prdit::fsio::write_json(path, &prdit::bench::report_json(&bench.device_name, &cases))?;
     }
     Ok(())
 }
@@ -683,7 +687,6 @@ fn bench_cmd(spec: DeviceSpec, args: &BenchArgs, started: std::time::Instant) ->
 fn warmup_cmd(spec: DeviceSpec, args: &WarmupArgs, started: std::time::Instant) -> Result<()> {
     use prdit::bench::{Bench, Iterations};
     let cfg = RunConfig::load(&args.config).context("the run configuration")?;
-    let net = cfg.model_config()?;
     let selected = device::select(spec)?;
     let bench = Bench {
         device: selected.device.clone(),
@@ -691,8 +694,7 @@ fn warmup_cmd(spec: DeviceSpec, args: &WarmupArgs, started: std::time::Instant) 
         iterations: Iterations { warmup: 0, timed: 0 },
         since: started,
     };
-    let [step, pc] =
-        prdit::bench::warmup(&bench, &net, cfg.train.micro_batch.unwrap_or(cfg.train.batch_size))?;
+    let [step, pc] = prdit::bench::warmup(&bench, &cfg)?;
     println!(
         "{}: {:.1} s (compiles and tunes the kernels of a training step)",
         step.case,
@@ -708,9 +710,6 @@ fn warmup_cmd(spec: DeviceSpec, args: &WarmupArgs, started: std::time::Instant) 
 
 fn prepare_cmd(args: &PrepareArgs, quiet: bool) -> Result<()> {
     use prdit::prepare::{self, PrepareOptions};
-    if args.size < 8 {
-        bail!("--size must be at least 8");
-    }
     let opts = PrepareOptions {
         recipe: args.recipe,
         size: args.size,
@@ -736,7 +735,9 @@ fn prepare_cmd(args: &PrepareArgs, quiet: bool) -> Result<()> {
             b.set_position(done as u64);
         }
     };
-    let manifest = prepare::run(&inputs, failed, &args.out, &opts, args.jobs, &progress)?;
+    let manifest = prepare::run(&inputs, failed, &args.out, &opts, args.jobs, &progress).map_err(|e| {
+        with_flags(e, &[("size", "--size"), ("window", "--window"), ("spacing", "--spacing")])
+    })?;
     if let Some(b) = b {
         b.finish_and_clear();
     }
@@ -815,9 +816,7 @@ fn demo_cmd(spec: DeviceSpec, args: &DemoArgs, quiet: bool) -> Result<()> {
     println!("\ndemo done in {:.0} s. Outputs:", started.elapsed().as_secs_f64());
     println!("  data       {}  (HU copies in data/hu, manifest data/dataset.json)", outcome.data.display());
     for run in &outcome.runs {
-        let last = std::fs::read_dir(run.run_dir.join("previews")).ok().and_then(|d| {
-            d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "png")).max()
-        });
+        let last = prdit::demo::latest_preview(&run.run_dir);
         println!("  run        {}  (train.log, metrics.jsonl, checkpoints/)", run.run_dir.display());
         println!("  curves     {}", run.run_dir.join("progress.png").display());
         if let Some(p) = last {
@@ -836,8 +835,12 @@ fn demo_cmd(spec: DeviceSpec, args: &DemoArgs, quiet: bool) -> Result<()> {
 }
 
 fn inspect_cmd(spec: DeviceSpec, args: InspectArgs) -> Result<()> {
-    let opts =
-        InspectOptions { model: args.model, size: args.size, weights: args.weights, entry: args.entry };
+    let opts = InspectOptions {
+        model: args.model,
+        size: args.size.unwrap_or(128),
+        weights: args.weights,
+        entry: args.entry,
+    };
     let select = || -> prdit::Result<device::Selected> {
         let selected = device::select(spec)?;
         if let Some(notice) = &selected.notice {
@@ -846,9 +849,9 @@ fn inspect_cmd(spec: DeviceSpec, args: InspectArgs) -> Result<()> {
         Ok(selected)
     };
     let inspection = inspect::inspect(&opts, select)
-        .map_err(|e| with_flags(e, &[("model", "--model"), ("size", "--size")]))?;
+        .map_err(|e| with_flags(e, &[("model", "--model"), ("size", "--size"), ("entry", "--entry")]))?;
     if args.json {
-        println!("{}", json_text(&inspection)?);
+        println!("{}", prdit::fsio::json_text(&inspection)?);
     } else {
         print!("{inspection}");
     }

@@ -129,7 +129,7 @@ pub enum SplitPolicy {
     /// The official split script's: Python's `random.Random(seed).shuffle` of the sorted files.
     #[default]
     Official,
-    /// prdit's earlier ChaCha8 shuffle (runs before the official split existed).
+    /// A ChaCha8 shuffle of the sorted files with the split seed (kept for runs that record it).
     Chacha,
 }
 
@@ -476,6 +476,8 @@ impl RunConfig {
 
 /// `path` against the working directory when relative, lexically normalised.
 pub fn absolute(path: &Path) -> Result<PathBuf> {
+    // The parent of a bare file name (`my.toml`) is the empty path: the working directory.
+    let path = if path.as_os_str().is_empty() { Path::new(".") } else { path };
     let abs = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
     Ok(normalize(&abs))
 }
@@ -552,6 +554,8 @@ mod tests {
         assert_eq!(c.global.unwrap().local.unwrap(), Path::new("/abs/run"));
         let cwd = std::env::current_dir().unwrap();
         assert_eq!(absolute(Path::new("a/../b")).unwrap(), cwd.join("b"));
+        // `my.toml` in the working directory: its folder is the empty path.
+        assert_eq!(absolute(Path::new("my.toml").parent().unwrap()).unwrap(), cwd);
     }
 
     #[test]
@@ -572,13 +576,22 @@ mod tests {
     }
 }
 
+/// A file of the repository, for unit tests: found at run time from `CARGO_MANIFEST_DIR`,
+/// which cargo sets in the test process's environment (not the compile-time path, which a test
+/// binary reused from another checkout's build would carry).
+#[cfg(test)]
+pub(crate) fn repo_file(rel: &str) -> PathBuf {
+    let root = std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR is set by cargo test");
+    PathBuf::from(root).join(rel)
+}
+
 #[cfg(test)]
 mod shipped {
     use super::*;
 
     #[test]
     fn shipped_configs_are_valid() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let dir = repo_file("configs");
         let mut n = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();

@@ -11,8 +11,8 @@ use burn::tensor::Device;
 use crate::config::RunConfig;
 use crate::data::phantom::{self, TissueMix};
 use crate::error::{Error, Result};
-use crate::resolve::Weights;
-use crate::sample::{FieldKind, Intensity, Manifest, SampleJob, SamplerKind, sample_job};
+use crate::resolve::{Pick, Weights, resolve_model};
+use crate::sample::{FieldKind, Intensity, Manifest, SampleJob, SamplerKind, sample_job, sha256_file};
 use crate::train::{Stage, Summary, TrainOptions, train};
 use crate::weights::Entry;
 
@@ -117,6 +117,9 @@ pub fn run(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<DemoOutcome>
         return Ok(outcome);
     }
     let samples = opts.out.join("samples");
+    if let Some(note) = clear_stale_samples(&samples, &run2)? {
+        say(&note);
+    }
     say(&format!(
         "4/4 sampling {SAMPLES} volumes ({} sampler, {SAMPLE_STEPS} steps, the image head's flow) → {}",
         SAMPLER.name(),
@@ -135,7 +138,7 @@ pub fn run(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<DemoOutcome>
         sampler: SAMPLER,
         grid: None,
         field: FIELD,
-        k: 2,
+        k: None,
         seed: 0,
         write_x0: false,
         progress: opts.progress,
@@ -145,6 +148,40 @@ pub fn run(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<DemoOutcome>
     outcome.anatomy = Some(anatomy(&data, &samples, &manifest)?);
     outcome.samples = Some((samples, manifest));
     Ok(outcome)
+}
+
+/// Removes the demo's `samples/` when they came from another checkpoint than the stage-2 run's
+/// newest (an earlier, shorter demo), so that the demo re-runs in place; returns what it did.
+/// Samples of the same checkpoint stay (a re-run keeps them).
+fn clear_stale_samples(samples: &Path, run: &Path) -> Result<Option<String>> {
+    let manifest_path = samples.join("manifest.json");
+    if !samples.exists() {
+        return Ok(None);
+    }
+    let model = resolve_model(run, Weights::Ema, Pick::Newest)?;
+    let current = sha256_file(model.file())?;
+    let recorded = std::fs::read_to_string(&manifest_path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Manifest>(&text).ok())
+        .map(|m| m.source.sha256);
+    if recorded.as_deref() == Some(current.as_str()) {
+        return Ok(None);
+    }
+    std::fs::remove_dir_all(samples).map_err(|e| Error::io(samples, e))?;
+    Ok(Some(format!(
+        "   (removed {}: volumes of an earlier checkpoint; sampling the new one)",
+        samples.display()
+    )))
+}
+
+/// The newest preview image of a run (`previews/*.png`), if any.
+pub fn latest_preview(run_dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(run_dir.join("previews"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .max()
 }
 
 /// The mean tissue mix of the training phantoms (their HU copies) and of the samples (model

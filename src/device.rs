@@ -160,35 +160,50 @@ pub fn kernel_cache() -> Option<std::path::PathBuf> {
 
 /// Where compiled GPU kernels and autotune results persist between runs: `dir`, else
 /// `$PRDIT_KERNEL_CACHE`, else `~/.cache/prdit/cubecl`. Must run before the first device
-/// is used; without CUDA in the build it does nothing. Returns the folder in use.
-pub fn configure_kernel_cache(dir: Option<std::path::PathBuf>, enabled: bool) -> Option<std::path::PathBuf> {
+/// is used; without CUDA in the build it does nothing. Returns the folder in use. A folder
+/// that was asked for (`dir` or the variable) and cannot be created is an error naming it;
+/// the default one is skipped with a warning (kernels then compile afresh in each process).
+pub fn configure_kernel_cache(
+    dir: Option<std::path::PathBuf>,
+    enabled: bool,
+) -> Result<Option<std::path::PathBuf>> {
+    let asked = dir.or_else(|| std::env::var_os("PRDIT_KERNEL_CACHE").map(std::path::PathBuf::from));
+    if enabled && let Some(d) = &asked {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
     #[cfg(feature = "cuda")]
     {
         use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
-        let dir =
-            dir.or_else(|| std::env::var_os("PRDIT_KERNEL_CACHE").map(std::path::PathBuf::from)).or_else(
-                || std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/prdit/cubecl")),
-            );
+        let explicit = asked.is_some();
+        let dir = asked.or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/prdit/cubecl"))
+        });
         let mut cfg = CubeClRuntimeConfig::from_current_dir().override_from_env();
         cfg.compilation.cache = enabled;
         if !enabled {
             cfg.autotune.disable_cache = true;
         }
         let used = match dir {
-            Some(d) if enabled && std::fs::create_dir_all(&d).is_ok() => {
-                cfg.environment.path = CacheConfig::Directory(d.clone());
-                Some(d)
-            }
+            Some(d) if enabled => match std::fs::create_dir_all(&d) {
+                Ok(()) => {
+                    cfg.environment.path = CacheConfig::Directory(d.clone());
+                    Some(d)
+                }
+                Err(e) if !explicit => {
+                    tracing::warn!("no kernel cache: {}: {e}", d.display());
+                    None
+                }
+                Err(e) => return Err(Error::io(&d, e)),
+            },
             _ => None,
         };
         CubeClRuntimeConfig::set(cfg);
         let _ = KERNEL_CACHE.set(used.clone());
-        used
+        Ok(used)
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (dir, enabled);
-        None
+        Ok(None)
     }
 }
 

@@ -46,6 +46,10 @@ pub enum Error {
     #[error("copying {what} from the device failed: {reason}")]
     Transfer { what: String, reason: String },
 
+    /// Work on the device that failed (a synchronisation, an allocation the backend refused).
+    #[error("{what} failed: {reason}")]
+    Failed { what: String, reason: String },
+
     /// A training run that kept producing non-finite or huge losses.
     #[error(
         "the run diverged: {bad_steps} consecutive steps with a non-finite or huge loss at step {step} \
@@ -99,9 +103,14 @@ impl Error {
                 K::NotFound | K::PermissionDenied | K::NotADirectory | K::IsADirectory | K::InvalidInput => 2,
                 _ => 1,
             },
-            Error::Transfer { .. } | Error::Diverged { .. } => 1,
+            Error::Transfer { .. } | Error::Diverged { .. } | Error::Failed { .. } => 1,
             _ => 2,
         }
+    }
+
+    /// Shorthand for [`Error::Failed`].
+    pub fn failed(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Failed { what: what.into(), reason: reason.into() }
     }
 
     /// Shorthand for [`Error::Transfer`].

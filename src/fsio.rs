@@ -25,6 +25,18 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     write_atomic_with(path, |scratch| fs::write(scratch, contents).map_err(|e| Error::io(path, e)))
 }
 
+/// A report as pretty JSON, keys sorted at every level (through `serde_json::Value`, whose maps
+/// are ordered).
+pub fn json_text<T: serde::Serialize>(report: &T) -> Result<String> {
+    let value = serde_json::to_value(report).map_err(|e| Error::invalid("report", e.to_string()))?;
+    Ok(serde_json::to_string_pretty(&value).expect("a JSON value serialises"))
+}
+
+/// Writes a report as [`json_text`] to `path` atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, report: &T) -> Result<()> {
+    write_atomic(path, json_text(report)?.as_bytes())
+}
+
 /// Writes `path` atomically with `write`, which is handed a scratch file path to create (in a
 /// private scratch folder next to `path`, named `out.EXT` with `path`'s extension — `nii.gz`
 /// counts as one — for writers that derive the format from the name).

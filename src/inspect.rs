@@ -234,6 +234,15 @@ pub fn inspect(opts: &InspectOptions, device: impl FnOnce() -> Result<Selected>)
             let contents = format!("{} tensors{entry}", sd.len());
             (weights::prdit_from_state_dict(&cfg, &sd, &selected.device)?, contents)
         }
+        _ if opts.entry != Entry::Auto => {
+            return Err(Error::invalid(
+                "entry",
+                format!(
+                    "{} is a prdit model file: an entry is chosen only in an official full checkpoint",
+                    file.display()
+                ),
+            ));
+        }
         _ => (
             checkpoint::load_expecting::<Prdit>(file, &cfg, &selected.device)?,
             "prdit checkpoint".to_string(),

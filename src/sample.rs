@@ -87,7 +87,7 @@ pub enum SamplerKind {
     /// UniPC: the DPM-Solver++(2M) predictor with the UniC corrector (third order, no extra
     /// network call).
     Unipc,
-    /// Heun's second-order method on EDM's ODE (2 network calls per step).
+    /// Heun's second-order method on EDM's ODE (2 network calls per step but the last: 2N − 1).
     Heun,
 }
 
@@ -123,7 +123,7 @@ pub enum FieldKind {
 }
 
 impl FieldKind {
-    /// What a manifest written before `--field` existed used: the image head.
+    /// The field of a manifest without a `field` entry: the image head.
     fn before_field() -> Self {
         FieldKind::Image
     }
@@ -193,6 +193,9 @@ impl SamplerKind {
     }
 }
 
+/// The hot sampler's jump when none is given (the official default).
+pub const DEFAULT_K: usize = 2;
+
 /// What a sampling job writes and how.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SampleOptions {
@@ -204,7 +207,7 @@ pub struct SampleOptions {
     /// The ODE solvers' grid (absent: the solver's default; the official samplers use theirs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grid: Option<GridKind>,
-    /// The ODE solvers' flow (a manifest without it was written with the image head's).
+    /// The ODE solvers' flow (a manifest without it is read as the image head's).
     #[serde(default = "FieldKind::before_field")]
     pub field: FieldKind,
     /// Predictor–corrector jump.
@@ -402,7 +405,7 @@ pub fn run<N: Network>(
             && old.options.sampler == opts.sampler
             && old.options.grid == opts.grid
             && (old.options.field == opts.field || !opts.sampler.is_ode())
-            && old.options.k == opts.k
+            && (old.options.k == opts.k || opts.sampler != SamplerKind::Hot)
             && old.options.seed == opts.seed
             && old.options.hu == opts.hu;
         if !same {
@@ -582,8 +585,9 @@ pub struct SampleJob {
     pub grid: Option<GridKind>,
     /// The ODE solvers' flow.
     pub field: FieldKind,
-    /// Predictor–corrector jump.
-    pub k: usize,
+    /// Jump of the hot predictor–corrector sampler (default [`DEFAULT_K`]); the other samplers
+    /// have none, and refuse one.
+    pub k: Option<usize>,
     pub seed: u64,
     /// Also write the last image prediction (`x0/`).
     pub write_x0: bool,
@@ -605,8 +609,39 @@ pub struct DataOverride {
 /// Runs a job: resolves the model file, reads what its run records about the training data
 /// (voxel spacing, HU window), loads the network the file holds and generates with [`run`].
 pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
+    let k = match (job.k, job.sampler) {
+        (None, _) => DEFAULT_K,
+        (Some(k), SamplerKind::Hot) => k,
+        (Some(_), other) => {
+            return Err(Error::invalid(
+                "k",
+                format!("the jump of the hot sampler; the {} sampler has none", other.name()),
+            ));
+        }
+    };
     let model = resolve_model(&job.model, job.weights, Pick::Newest)?;
-    let info = model.run_dir().and_then(|r| DataInfo::load(&r).ok());
+    if !matches!(model, ModelRef::Official { .. }) {
+        let file = model.file().display();
+        if job.network.is_some() {
+            return Err(Error::invalid(
+                "model",
+                format!(
+                    "{file} is a prdit model file, which records its network: the network (and its size) is given only for an official weights file"
+                ),
+            ));
+        }
+        if job.entry != Entry::Auto {
+            return Err(Error::invalid(
+                "entry",
+                format!(
+                    "{file} is a prdit model file: an entry is chosen only in an official full checkpoint"
+                ),
+            ));
+        }
+    }
+    // A run that records its data must have a readable record: a corrupt `data.json` is an
+    // error naming it, never volumes written with default spacing, orientation and range.
+    let info = model.run_dir().map(|r| DataInfo::load(&r)).transpose()?;
     let hu = match job.intensity {
         Intensity::Model => None,
         Intensity::Hu(w) => Some(w),
@@ -652,7 +687,7 @@ pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
         sampler: job.sampler,
         grid: job.grid,
         field: job.field,
-        k: job.k,
+        k,
         seed: job.seed,
         hu,
         write_x0: job.write_x0,
@@ -663,10 +698,8 @@ pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
     };
     let file = model.file();
     let sha256 = sha256_file(file)?;
-    let calls = crate::diffusion::sampler::network_calls(
-        job.sampler.sampler(job.k, job.grid, job.field)?,
-        job.steps,
-    )?;
+    let calls =
+        crate::diffusion::sampler::network_calls(job.sampler.sampler(k, job.grid, job.field)?, job.steps)?;
     let bar = crate::progress::bar((job.num * calls) as u64, "steps", job.progress);
     let mut progress = |done: usize, total: usize, step: usize, _n: usize| {
         if let Some(b) = &bar {

@@ -177,7 +177,37 @@ fn eval_commands_report_cache_and_refuse_mismatched_ranges() {
     assert!(e.contains("Hounsfield") && e.contains("model space"), "{e}");
     // No weights: refused (a score from random weights is never computed).
     let o = prdit(&["eval-fid", "--real", real.to_str().unwrap(), "--fake", fake.to_str().unwrap()], &[]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2));
+    let e = err(&o);
+    assert!(e.contains("--weights"), "the missing flag is named: {e}");
+    // A report path that is a folder: the write fails naming it, after the report is printed.
+    let folder = dir.path().join("a-folder");
+    std::fs::create_dir(&folder).unwrap();
+    let o = prdit(
+        &[
+            "eval-fid",
+            "--real",
+            real.to_str().unwrap(),
+            "--fake",
+            fake.to_str().unwrap(),
+            "--preset",
+            "none",
+            "--test-formula-weights",
+            "10",
+            "--no-cache",
+            "--out",
+            folder.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&o.stdout).expect("the report is printed first");
+    assert_eq!(printed["fid"], first["fid"]);
+    let e = err(&o);
+    assert!(e.contains("a-folder"), "{e}");
+    assert!(
+        folder.is_dir() && std::fs::read_dir(&folder).unwrap().next().is_none(),
+        "the folder is untouched"
+    );
     // The LIDC protocol wants 1000 volumes unless told otherwise.
     let o = prdit(
         &[
@@ -279,5 +309,76 @@ fn overshooting_samples_need_an_explicit_clamp() {
         let report: serde_json::Value = serde_json::from_str(&out).unwrap();
         let f = report["clamped_fraction"].as_f64().unwrap();
         assert!(f > 0.0 && f < 1.0, "{preset}: {report}");
+    }
+}
+
+/// 3D MS-SSIM against the class the official `evaluations/ms_ssim.py` scores diversity with:
+/// MONAI-Generative 0.2.3's `MultiScaleSSIMMetric(spatial_dims=3, data_range=1.0,
+/// kernel_size=3)` (lines 24, 87, 98), run by `scripts/make-msssim-fixture.py` on 48³ pairs
+/// (correlated, unrelated, identical), a 49×53×61 pair (odd edges: every pooling floors) and a
+/// [−1, 1] pair. The folder is `PRDIT_MSSSIM_DIR`, else `tests/fixtures/msssim`.
+#[test]
+fn ms_ssim_matches_monai_generative() {
+    use prdit::data::volume::Volume;
+    use prdit::eval::msssim::ms_ssim;
+    // The official class computes every scale in float32 whatever the input dtype (float64
+    // input only changes the pooling between scales: ≤ 6e-8 on these pairs). float32 arithmetic
+    // moves the result by ≤ 1.43e-5 from the float64 value on these pairs (the [−1, 1] one;
+    // ≤ 6.2e-7 on the [0, 1] ones), so prdit (float64 throughout) is held to 10× that, rounded
+    // up, against the official number, and to float64 rounding of ~1e5-term sums in another
+    // order against the float64 transcription with exact weights (a port of this file's
+    // summation order agrees to 6e-16).
+    const TOL_OFFICIAL: f64 = 2e-4;
+    const TOL_FLOAT64: f64 = 1e-10;
+    let dir = common::fixture_dir("PRDIT_MSSSIM_DIR", "msssim");
+    let json = dir.join("msssim_reference.json");
+    let text = std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("{}: {e}", json.display()));
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let (tol_official, tol_float64) = (TOL_OFFICIAL, TOL_FLOAT64);
+    let file = dir.join("msssim_volumes.safetensors");
+    let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let st =
+        safetensors::SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    // float16 volumes: exactly the float32 values the official class was given.
+    let volume = |name: &str| -> Volume {
+        let t = st.tensor(name).unwrap_or_else(|e| panic!("{}: `{name}`: {e}", file.display()));
+        let &[d, h, w] = t.shape() else { panic!("`{name}` has shape {:?}, not 3-D", t.shape()) };
+        let data: Vec<f32> = match t.dtype() {
+            safetensors::Dtype::F16 => {
+                t.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            safetensors::Dtype::F32 => {
+                t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+            }
+            other => panic!("`{name}` is {other:?}"),
+        };
+        Volume { dims: [d, h, w], spacing: [1.0; 3], data }
+    };
+    let pairs = reference["pairs"].as_array().expect("`pairs` in the reference");
+    assert!(!pairs.is_empty(), "{} lists no pairs", json.display());
+    for p in pairs {
+        let name = p["name"].as_str().unwrap();
+        let (x, y) = (volume(p["x"].as_str().unwrap()), volume(p["y"].as_str().unwrap()));
+        let shape: Vec<usize> =
+            p["shape"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap() as usize).collect();
+        assert_eq!((x.dims.to_vec(), y.dims.to_vec()), (shape.clone(), shape), "{name}");
+        let got = ms_ssim(&x, &y).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let official = p["ms_ssim"].as_f64().unwrap();
+        let exact = p["ms_ssim_float64"].as_f64().unwrap();
+        eprintln!(
+            "{name}: prdit {got:.12}, official (float32) {official:.12} ({:+.2e}), float64 {exact:.12} ({:+.2e})",
+            got - official,
+            got - exact
+        );
+        assert!(
+            (got - exact).abs() <= tol_float64,
+            "{name}: prdit {got} vs the float64 reference {exact}: {:.3e} > {tol_float64:.0e}",
+            (got - exact).abs()
+        );
+        assert!(
+            (got - official).abs() <= tol_official,
+            "{name}: prdit {got} vs MONAI-Generative {official}: {:.3e} > {tol_official:.0e}",
+            (got - official).abs()
+        );
     }
 }

@@ -5,17 +5,19 @@
 
 mod common;
 
-// Tolerances, relative to the largest reference value. The `parity` fixture was evidently
-// produced with TF32 matmuls (its README says TF32 off): an exact float64 evaluation of the
-// spec differs from it by 3.1e-4 to 4.2e-4 on every forward tensor, and emulating TF32
-// input rounding brings the time embedder to 3.8e-5. Against the `extra` fixture (TF32 off)
-// the same code matches the 10-step samplers, ten full forward passes deep, to ~5e-7. So:
-// forward tensors and samplers 1e-3 against `parity` (semantic errors are orders of
-// magnitude larger: swapping the sin/cos halves alone gives 1.3), 1e-5 against `extra`.
-const FORWARD_TOL: f64 = 1e-3;
-const GRAD_TOL: f64 = 2e-3;
-const LOSS_TOL: f64 = 1e-4;
-const EXACT_TOL: f64 = 1e-5;
+// Tolerances, relative to the largest reference value, for the float32 CPU fixtures (no TF32).
+// Each is about ten times the largest error measured on the shipped fixtures (the 2-core CPU
+// development machine, burn-flex), so that fixtures of the same format with other
+// configurations (larger sums, deeper models) pass while a semantic error does not: swapping
+// the sin/cos halves of the time embedding alone gives 1.3, a wrong scale 1e-2 or more.
+// - forward tensors (time embedder heads, both branches, the output) and the 10-step samplers:
+//   measured ≤ 2.4e-6 (c_fine; c_coarse 1.8e-6, the outputs ≤ 6.9e-7, the samplers through ten
+//   forward passes ≤ 6.0e-7);
+const FORWARD_TOL: f64 = 2e-5;
+// - stage-2 gradients: measured ≤ 2.3e-6 (fine.blocks.0.attn.qkv.weight);
+const GRAD_TOL: f64 = 2e-5;
+// - the loss: measured 6.9e-8.
+const LOSS_TOL: f64 = 1e-6;
 
 use burn::tensor::{Device, Tensor};
 use common::*;
@@ -71,7 +73,7 @@ fn loss_and_stage2_gradients_match() {
     assert!((value - meta.loss).abs() / meta.loss < LOSS_TOL, "loss {value} vs meta {}", meta.loss);
 
     let grads = total.backward();
-    let got = weights::export::gradients(&model, &grads);
+    let got = weights::export::gradients(&model, &grads).unwrap();
     let want = read_fixture(parity_dir().join("parity_grads.safetensors"));
     // Stage 2 trains the fine branch and the fine head; the frozen stage 1 gets nothing.
     let trainable: Vec<&String> =
@@ -119,24 +121,24 @@ fn predictor_corrector_sampler_matches_with_injected_noise() {
     )
     .unwrap();
     assert_eq!(injected.remaining(), 0, "every injected noise is used, in order");
-    assert_close("pc10 final", &host(out.x), &e["pc10_final"], EXACT_TOL);
-    assert_close("pc10 x0", &host(out.x0), &e["pc10_x0"], EXACT_TOL);
+    assert_close("pc10 final", &host(out.x), &e["pc10_final"], FORWARD_TOL);
+    assert_close("pc10 x0", &host(out.x0), &e["pc10_x0"], FORWARD_TOL);
 
     let mut unused = SeededNoise::new(0, diffusion::NOISE_STD);
     let det = sample(&model, start, 10, Sampler::Deterministic, &mut unused, &mut |_, _| {}).unwrap();
-    assert_close("ddim10 (extra) final", &host(det.x), &e["ddim10_final"], EXACT_TOL);
-    assert_close("ddim10 (extra) x0", &host(det.x0), &e["ddim10_x0"], EXACT_TOL);
+    assert_close("ddim10 (extra) final", &host(det.x), &e["ddim10_final"], FORWARD_TOL);
+    assert_close("ddim10 (extra) x0", &host(det.x0), &e["ddim10_x0"], FORWARD_TOL);
 }
 
 #[test]
 fn pytorch_zip_file_loads_the_same_weights() {
     let device = Device::flex();
     let meta = read_meta();
-    let from_st = weights::export::state_dict(&model(&device).0);
+    let from_st = weights::export::state_dict(&model(&device).0).unwrap();
     let pt = parity_dir().join("parity_state_dict.pt");
     assert_eq!(weights::detect(&pt).unwrap(), weights::FileKind::TorchZip);
     let m = weights::load_official(&pt, Entry::Auto, &meta.config, &device).unwrap_or_else(|e| panic!("{e}"));
-    let from_pt = weights::export::state_dict(&m);
+    let from_pt = weights::export::state_dict(&m).unwrap();
     assert_eq!(from_st.len(), meta_param_count(&meta));
     assert_eq!(from_st, from_pt);
 }
@@ -150,20 +152,25 @@ fn resampling_matches_pytorch_interpolate() {
     use prdit::model::resample::{nearest, trilinear};
     let e = read_fixture(extra_dir().join("extra_reference.safetensors"));
     let device = Device::flex();
+    // Output sizes come from the fixture's own shapes.
+    let size = |key: &str| -> [usize; 3] {
+        let shape = &e[key].shape;
+        std::array::from_fn(|i| shape[shape.len() - 3 + i])
+    };
     // Trilinear to an arbitrary size.
-    let out = trilinear(tensor(&e["tri_a_in"], &device), [10, 12, 14]);
+    let out = trilinear(tensor(&e["tri_a_in"], &device), size("tri_a_out_10x12x14"));
     assert_close("trilinear 5x6x7 -> 10x12x14", &host(out), &e["tri_a_out_10x12x14"], 1e-6);
     // Trilinear x2 and the input gradient of sum(out * weight).
     let ad = device.clone().autodiff();
     let x = tensor::<5>(&e["tri_b_in"], &ad).require_grad();
-    let out = trilinear(x.clone(), [16, 16, 16]);
+    let out = trilinear(x.clone(), size("tri_b_out_x2"));
     assert_close("trilinear x2", &host(out.clone()), &e["tri_b_out_x2"], 1e-6);
     let grads = (out * tensor::<5>(&e["tri_b_weight"], &ad)).sum().backward();
     assert_close("trilinear x2 input gradient", &host(x.grad(&grads).unwrap()), &e["tri_b_grad"], 1e-6);
     // Nearest x2 up and x0.5 down (even indices).
-    let up = nearest(tensor(&e["tri_b_in"], &device), [16, 16, 16]);
+    let up = nearest(tensor(&e["tri_b_in"], &device), size("nearest_b_up_x2"));
     assert_close("nearest x2", &host(up), &e["nearest_b_up_x2"], 0.0);
-    let down = nearest(tensor(&e["nearest_c_in"], &device), [8, 8, 8]);
+    let down = nearest(tensor(&e["nearest_c_in"], &device), size("nearest_c_down_half"));
     assert_close("nearest x0.5", &host(down), &e["nearest_c_down_half"], 0.0);
 }
 
@@ -171,23 +178,23 @@ fn resampling_matches_pytorch_interpolate() {
 // Training-loop parity: five official stage-2 optimizer steps (`PRDIT_TRAIN_PARITY_DIR`, default
 // `tests/fixtures/train`, on the weights of `PRDIT_PARITY_DIR`).
 //
-// Tolerances (float32 on the CPU against the official float32 CPU run), from what was measured
-// on the shipped fixture:
-// - losses and gradient norms before clipping, relative: 1e-5 (measured ≤ 2.1e-7).
-// - every tensor's sum and sum of squares (parameters, EMA, both AdamW moments): 1e-5 relative
-//   (measured ≤ 6e-7).
-// - the first 512 values, relative to their largest: parameters and EMA 2e-4 (measured 6.7e-5),
-//   moments 1e-4 (measured 9.3e-6). The parameter heads are the loosest because AdamW divides
-//   by √v: where a gradient is (near) zero — the attention's key bias has none in exact
+// Tolerances (float32 on the CPU against the official float32 CPU run), about ten times what was
+// measured on the shipped fixture:
+// - losses and gradient norms before clipping, relative: measured ≤ 2.3e-7 (the norm of step 1);
+const TRAIN_LOSS_TOL: f64 = 2e-6;
+// - every tensor's sum and sum of squares (parameters, EMA, both AdamW moments), relative to the
+//   tensor's scale: measured ≤ 5.4e-6;
+const TRAIN_SUM_TOL: f64 = 5e-5;
+// - the first 512 values, relative to their largest: parameters 2.3e-5 and EMA 7.7e-6 measured,
+//   first moments 2.8e-5 and second moments 1.5e-5. The heads are the loosest because AdamW
+//   divides by √v: where a gradient is (near) zero — the attention's key bias has none in exact
 //   arithmetic, v ≈ 1e-25 — float32 noise in the gradient becomes a visible update; the largest
 //   deviations sit exactly there (qkv.bias, an fc1.bias entry with v ≈ 6e-12).
 // What a real mistake costs, for scale: one step of lr 1e-3 moves a weight of scale ~0.05 by 2e-2
 // of its size, so a missing bias correction (10× the first update), ε inside the square root,
 // a clip over another set of tensors or a wrong EMA decay are 100× or more above these bounds.
-const TRAIN_LOSS_TOL: f64 = 1e-5;
-const TRAIN_SUM_TOL: f64 = 1e-5;
 const TRAIN_PARAM_HEAD_TOL: f64 = 2e-4;
-const TRAIN_MOMENT_HEAD_TOL: f64 = 1e-4;
+const TRAIN_MOMENT_HEAD_TOL: f64 = 2e-4;
 
 #[test]
 fn five_official_stage2_optimizer_steps_match() {
@@ -288,19 +295,20 @@ fn five_official_stage2_optimizer_steps_match() {
     assert_eq!(state_keys, want_trainable.iter().map(String::as_str).collect::<Vec<_>>(), "AdamW state");
 
     // Every trainable tensor: parameters, EMA, both moments (PyTorch layout).
-    let live = state_dict(&trainer.model);
-    let ema = state_dict(&trainer.ema);
+    let live = state_dict(&trainer.model).unwrap();
+    let ema = state_dict(&trainer.ema).unwrap();
     let dims: std::collections::BTreeMap<String, Vec<usize>> =
         params(&trainer.model, None).into_iter().map(|p| (p.key, p.dims)).collect();
     let mut worst = [0f64; 4];
+    let mut worst_sums = 0f64;
     let mut failures = Vec::new();
     for key in &want_trainable {
         let (m, v) = trainer.optim.moments(key).unwrap();
         let got = [
             live[key].data.clone(),
             ema[key].data.clone(),
-            official_layout(m, &dims[key]).data,
-            official_layout(v, &dims[key]).data,
+            official_layout(m, &dims[key]).unwrap().data,
+            official_layout(v, &dims[key]).unwrap().data,
         ];
         for (i, (prefix, tol)) in [
             ("param", TRAIN_PARAM_HEAD_TOL),
@@ -321,7 +329,8 @@ fn five_official_stage2_optimizer_steps_match() {
             let scale = (sums[1] * got[i].len() as f64).sqrt().max(1e-30);
             let es = (sum - sums[0]).abs() / scale;
             let esq = (sumsq - sums[1]).abs() / sums[1].max(1e-30);
-            worst[i] = worst[i].max(e).max(es).max(esq);
+            worst[i] = worst[i].max(e);
+            worst_sums = worst_sums.max(es).max(esq);
             if !(e <= tol && es <= TRAIN_SUM_TOL && esq <= TRAIN_SUM_TOL) {
                 failures.push(format!(
                     "{prefix}.{key}: head {e:.2e} (tolerance {tol:.0e}), sum {es:.2e}, sum of squares {esq:.2e} \
@@ -331,7 +340,8 @@ fn five_official_stage2_optimizer_steps_match() {
         }
     }
     eprintln!(
-        "largest relative errors over {} tensors: param {:.2e}, ema {:.2e}, exp_avg {:.2e}, exp_avg_sq {:.2e}",
+        "largest relative errors over {} tensors: heads param {:.2e}, ema {:.2e}, exp_avg {:.2e}, exp_avg_sq \
+         {:.2e}; sums and sums of squares {worst_sums:.2e}",
         want_trainable.len(),
         worst[0],
         worst[1],

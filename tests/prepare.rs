@@ -31,7 +31,7 @@ fn samples() -> PathBuf {
             std::fs::File::create(&lock_path).unwrap_or_else(|e| panic!("{}: {e}", lock_path.display()));
         lock.lock().unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));
         if !complete.is_file() {
-            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-ct-samples.sh");
+            let script = common::repo().join("scripts/fetch-ct-samples.sh");
             let status =
                 std::process::Command::new("bash").arg(&script).arg(&dir).status().expect("bash runs");
             assert!(
@@ -248,7 +248,7 @@ fn nothing_to_prepare_is_an_error_and_writes_nothing() {
 /// every later step through to model space.
 #[test]
 fn lidc_recipe_matches_scipy_step_by_step() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/zoom");
+    let dir = common::repo().join("tests/fixtures/zoom");
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
     let dims = |k: &str| -> [usize; 3] { std::array::from_fn(|i| meta[k][i].as_u64().unwrap() as usize) };
@@ -323,7 +323,7 @@ fn prepare(recipe: &str, size: usize, fov: Option<usize>, out: &Path, input: &Pa
 /// `prepare` end to end with what it records.
 #[test]
 fn rad_chestct_recipe_matches_numpy_step_by_step() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/zoom");
+    let dir = common::repo().join("tests/fixtures/zoom");
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("rad_meta.json")).unwrap()).unwrap();
     let read = |name: &str| -> Vec<f32> {
@@ -385,7 +385,7 @@ fn rad_chestct_recipe_matches_numpy_step_by_step() {
 
 #[test]
 fn bad_npz_files_are_named_and_nothing_is_written() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/zoom");
+    let dir = common::repo().join("tests/fixtures/zoom");
     let tmp = tempfile::tempdir().unwrap();
     let junk = tmp.path().join("junk.npz");
     std::fs::write(&junk, b"not a zip").unwrap();
@@ -441,4 +441,194 @@ fn las_orientation_mirrors_j_and_says_so() {
     let mirrored = prdit::prepare::ops::permute_flip(&lps, [0, 1, 2], [false, true, false]);
     assert_eq!(las.data, mirrored.data);
     assert_ne!(las.data, lps.data);
+}
+
+/// The synthetic CT series of `tests/fixtures/dicom` (made by
+/// `scripts/make-dicom-codec-fixture.py`): one 40×40-pixel, 6-slice phantom stored
+/// uncompressed (16-bit unsigned, 12 stored, intercept −1024), as RLE Lossless (16-bit signed,
+/// intercept 0) and as JPEG Baseline 8-bit (codes q, HU = 8 q − 1024, Pillow at quality 95),
+/// files numbered from the top; and `meta.json`, `hu_reference.f32` (the HU every encoding
+/// stores) and `jpeg_pillow_hu.f32` (the JPEG series as Pillow decodes it), both in prdit's
+/// Volume order [column, row, slice by increasing z].
+fn codec_fixture() -> (PathBuf, serde_json::Value) {
+    let dir = common::repo().join("tests/fixtures/dicom");
+    let meta = dir.join("meta.json");
+    let text = std::fs::read_to_string(&meta).unwrap_or_else(|e| panic!("{}: {e}", meta.display()));
+    (dir, serde_json::from_str(&text).unwrap())
+}
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+/// The `.dcm` files of a folder, in name order (top slice first: not the order of z).
+fn dicom_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// (max |a − b|, the index where it is).
+fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
+    assert_eq!(a.len(), b.len(), "element counts differ");
+    a.iter()
+        .zip(b)
+        .enumerate()
+        .fold((0.0, 0), |m, (i, (x, y))| if (x - y).abs() > m.0 { ((x - y).abs(), i) } else { m })
+}
+
+/// The JPEG series' bound against the uncompressed one, in HU: Pillow's largest error in
+/// 8-bit codes (from the fixture: 9 at quality 95) plus one code for another decoder's rounding
+/// (libjpeg-turbo and libjpeg differ by at most 1 code on these files), times the slope 8:
+/// (9 + 1) × 8 = 80 HU. Against Pillow's own decode: one code, 8 HU.
+fn jpeg_bounds(meta: &serde_json::Value) -> (f32, f32) {
+    let slope = meta["jpeg"]["rescale_slope"].as_f64().unwrap() as f32;
+    let codes = meta["jpeg"]["max_abs_code_error_pillow"].as_f64().unwrap() as f32;
+    ((codes + 1.0) * slope, slope)
+}
+
+/// RLE Lossless and JPEG Baseline series read into the same HU volume as the uncompressed
+/// series: RLE exactly, JPEG within its quantisation; slices ordered by position, spacing from
+/// Pixel Spacing (row, column) and the slice step, LPS axes.
+#[test]
+fn rle_and_jpeg_dicom_series_read_into_the_same_hu() {
+    let (dir, meta) = codec_fixture();
+    let dims: [usize; 3] = std::array::from_fn(|i| meta["dims"][i].as_u64().unwrap() as usize);
+    let spacing: [f32; 3] = std::array::from_fn(|i| meta["spacing_mm"][i].as_f64().unwrap() as f32);
+    let reference = read_f32(&dir.join("hu_reference.f32"));
+    let pillow = read_f32(&dir.join("jpeg_pillow_hu.f32"));
+    assert_eq!(reference.len(), dims.iter().product::<usize>());
+    let read = |kind: &str| -> Volume {
+        let folder = dir.join(kind);
+        let files = dicom_files(&folder);
+        assert_eq!(files.len(), dims[2], "{}", folder.display());
+        let (v, info) =
+            prdit::prepare::dicom::read_series(&files, &folder).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(v.dims, dims, "{kind}");
+        assert!(v.spacing.iter().zip(spacing).all(|(a, b)| (a - b).abs() < 1e-5), "{kind}: {:?}", v.spacing);
+        assert_eq!(info.slices, dims[2], "{kind}");
+        assert!(info.warnings.is_empty(), "{kind}: {:?}", info.warnings);
+        assert_eq!(prdit::prepare::ops::orientation_code(&info.axes), "LPS", "{kind}");
+        v
+    };
+    let uncompressed = read("uncompressed");
+    let (d, i) = max_abs_diff(&uncompressed.data, &reference);
+    assert_eq!(d, 0.0, "uncompressed: {} HU instead of {} at {i}", uncompressed.data[i], reference[i]);
+    let rle = read("rle");
+    let (d, i) = max_abs_diff(&rle.data, &reference);
+    assert_eq!(d, 0.0, "RLE: {} HU instead of {} at {i}", rle.data[i], reference[i]);
+    let jpeg = read("jpeg");
+    let (to_uncompressed, to_pillow) = jpeg_bounds(&meta);
+    let (d, i) = max_abs_diff(&jpeg.data, &pillow);
+    eprintln!("JPEG: max |prdit − Pillow| = {d} HU");
+    assert!(d <= to_pillow, "JPEG: {} HU where Pillow decodes {} (at {i})", jpeg.data[i], pillow[i]);
+    let (d, i) = max_abs_diff(&jpeg.data, &reference);
+    eprintln!("JPEG: max |JPEG − uncompressed| = {d} HU (bound {to_uncompressed})");
+    assert!(
+        d <= to_uncompressed,
+        "JPEG: {} HU where the series holds {} (at {i})",
+        jpeg.data[i],
+        reference[i]
+    );
+    // The anatomy is where it was put: bone (> 500 HU) posterior (j > 20), lung (< −600 HU)
+    // inside the body on both sides (i < 20 and i ≥ 20).
+    let at = |v: &Volume, range: std::ops::Range<f32>| -> Vec<[usize; 3]> {
+        let mut out = Vec::new();
+        for a in 0..dims[0] {
+            for b in 0..dims[1] {
+                for c in 0..dims[2] {
+                    if range.contains(&v.data[v.index(a, b, c)]) {
+                        out.push([a, b, c]);
+                    }
+                }
+            }
+        }
+        out
+    };
+    let bone = at(&uncompressed, 500.0..2000.0);
+    assert!(!bone.is_empty() && bone.iter().all(|p| p[1] > 20), "bone at {bone:?}");
+    let lung = at(&uncompressed, -900.0..-600.0);
+    assert!(lung.iter().any(|p| p[0] < 20) && lung.iter().any(|p| p[0] >= 20), "{} lung voxels", lung.len());
+}
+
+/// `prepare --recipe generic` on the three encodings of one series: the RLE volume equals the
+/// uncompressed one exactly, the JPEG one within its quantisation (80 HU = 0.08 in model space),
+/// and dataset.json records the series as read.
+#[test]
+fn rle_and_jpeg_dicom_series_prepare_like_uncompressed() {
+    let (dir, meta) = codec_fixture();
+    let kinds = ["uncompressed", "rle", "jpeg"];
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("prepared");
+    let inputs: Vec<PathBuf> = kinds.iter().map(|k| dir.join(k)).collect();
+    // 40 × 40 × 6 voxels padded with air to the largest extent (40): no resampling.
+    let mut args =
+        vec!["prepare", "--recipe", "generic", "--size", "40", "--out", out.to_str().unwrap(), "--input"];
+    args.extend(inputs.iter().map(|p| p.to_str().unwrap()));
+    let stdout = ok(&prdit(&args, &[]));
+    let m = manifest(&out);
+    let vols = m["volumes"].as_array().unwrap();
+    assert_eq!(vols.len(), 3, "{stdout}");
+    assert!(m["failed"].as_array().unwrap().is_empty(), "{}", m["failed"]);
+    assert_eq!((m["orientation"].as_str(), m["value_range"].as_str()), (Some("LPS"), Some("[-1, 1]")));
+    assert_eq!((m["window_hu"][0].as_f64(), m["window_hu"][1].as_f64()), (Some(-1000.0), Some(1000.0)));
+    let as_vec = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let mut prepared = std::collections::BTreeMap::new();
+    for kind in kinds {
+        let r = vols
+            .iter()
+            .find(|r| r["file"] == format!("{kind}.nii.gz"))
+            .unwrap_or_else(|| panic!("no {kind}.nii.gz in {m}"));
+        assert_eq!(r["series_uid"], meta["series_uids"][kind], "{kind}");
+        assert_eq!(r["orientation_in"], "LPS", "{kind}");
+        assert_eq!(as_vec(&r["shape_in"]), as_vec(&meta["dims"]), "{kind}");
+        assert_eq!(as_vec(&r["shape_out"]), [40.0; 3], "{kind}");
+        for (key, want) in [("spacing_in_mm", &meta["spacing_mm"]), ("spacing_out_mm", &meta["spacing_mm"])] {
+            let (got, want) = (as_vec(&r[key]), as_vec(want));
+            assert!(
+                got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5),
+                "{kind}: {key} {got:?}, want {want:?}"
+            );
+        }
+        // Air is −1000 HU; the JPEG series' ringing reaches below it, within its bound.
+        let air_tol = if kind == "jpeg" { jpeg_bounds(&meta).0 as f64 } else { 1.0 };
+        assert!(
+            (r["stats_hu"]["min"].as_f64().unwrap() + 1000.0).abs() <= air_tol,
+            "{kind}: {}",
+            r["stats_hu"]
+        );
+        assert!(r["stats_hu"]["lung_fraction"].as_f64().unwrap() > 0.0, "{kind}: {}", r["stats_hu"]);
+        let v = read_volume(&out.join(format!("{kind}.nii.gz"))).unwrap();
+        assert_eq!(v.dims, [40; 3], "{kind}");
+        prepared.insert(kind, v);
+    }
+    // The uncompressed volume is the reference HU, padded with air along k (6 slices centred in
+    // 40: k = 17..23) and windowed [−1000, 1000] → [−1, 1].
+    let reference = read_f32(&dir.join("hu_reference.f32"));
+    let u = &prepared["uncompressed"];
+    let mut want = vec![-1.0f32; u.data.len()];
+    for a in 0..40 {
+        for b in 0..40 {
+            for c in 0..6 {
+                let hu = reference[(a * 40 + b) * 6 + c];
+                want[u.index(a, b, 17 + c)] = (hu.clamp(-1000.0, 1000.0) + 1000.0) * (2.0 / 2000.0) - 1.0;
+            }
+        }
+    }
+    let (d, i) = max_abs_diff(&u.data, &want);
+    assert!(d < 1e-6, "uncompressed: {} where the reference gives {} (at {i})", u.data[i], want[i]);
+    assert_eq!(prepared["rle"].data, u.data, "RLE and uncompressed prepare to the same volume");
+    // JPEG: within its HU bound, which the window maps at 2 / 2000 per HU.
+    let (bound_hu, _) = jpeg_bounds(&meta);
+    let (d, i) = max_abs_diff(&prepared["jpeg"].data, &u.data);
+    eprintln!("prepared JPEG vs uncompressed: max difference {d} (bound {})", bound_hu / 1000.0);
+    assert!(d <= bound_hu / 1000.0 + 1e-6, "JPEG: {} vs {} (at {i})", prepared["jpeg"].data[i], u.data[i]);
 }

@@ -90,8 +90,40 @@ fn sampling_writes_reproducible_resumable_volumes() {
         "--hu",
     ]);
     let v = read_volume(&hu.join("xs/sample-00000.nii.gz")).unwrap();
-    let (lo, hi) = v.min_max();
-    assert!(lo < -200.0 && hi > -1500.0 && hi < 3000.0, "HU range [{lo}, {hi}]");
+    // The same volume in model space, mapped through the window the run records for its
+    // training data: [−1, 1] → [min, max] HU.
+    let model_space = dir.path().join("model-space");
+    let ms_args = ["--run", run_s, "--num", "1", "--steps", "5", "--sampler", "deterministic"];
+    sample(&[&ms_args[..], &["--out", model_space.to_str().unwrap()]].concat());
+    let m = read_volume(&model_space.join("xs/sample-00000.nii.gz")).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("data.json")).unwrap()).unwrap();
+    let (w0, w1) = (info["window_hu"][0].as_f64().unwrap(), info["window_hu"][1].as_f64().unwrap());
+    let worst = v
+        .data
+        .iter()
+        .zip(&m.data)
+        .map(|(h, x)| (*h as f64 - (w0 + (*x as f64 + 1.0) / 2.0 * (w1 - w0))).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-3 * (w1 - w0), "HU differs from the windowed model-space volume by {worst}");
+
+    // Flags that this job would not use are refused by name.
+    let refused = |extra: &[&str], want: &str| {
+        let out = dir.path().join("refused");
+        let e =
+            err(&prdit(&[&["sample"], &ms_args[..], &["--out", out.to_str().unwrap()], extra].concat(), &[]));
+        assert!(e.contains(want), "{extra:?}: {e}");
+        assert!(!out.join("xs").exists(), "{extra:?} wrote volumes");
+    };
+    refused(&["--window=-1000,1000"], "--window");
+    refused(&["--k", "3"], "the jump of the hot sampler");
+    refused(&["--model", "PRDiT-B/12/4"], "records its network");
+    refused(&["--entry", "ema"], "official full checkpoint");
+    refused(&["--size", "16"], "--model");
+
+    // A corrupt record of the run's data is an error naming it, not default headers.
+    std::fs::write(run.join("data.json"), "{ not json").unwrap();
+    refused(&[], "data.json");
 }
 
 #[test]
@@ -106,15 +138,14 @@ fn tiny_highres_refinement_trains_and_samples() {
 
     let high = phantoms(dir.path(), "high", 6, 32);
     let text = std::fs::read_to_string(&cfg2).unwrap().replace(low.to_str().unwrap(), high.to_str().unwrap());
-    let cfg3 = dir.path().join("highres.toml");
-    std::fs::write(
-        &cfg3,
-        format!(
-            "{text}[highres]\nbase = \"{}\"\ntarget_size = 32\nsr_hidden_size = 48\nsr_patch_size = 4\nsr_stride = 2\nsr_padding = 1\n",
-            run2.display()
-        ),
-    )
-    .unwrap();
+    // A refinement config: the stage-2 settings on 32³ data, and `[highres]` starting with `first`.
+    let highres = |name: &str, first: String| {
+        let path = dir.path().join(name);
+        let sr = "target_size = 32\nsr_hidden_size = 48\nsr_patch_size = 4\nsr_stride = 2\nsr_padding = 1\n";
+        std::fs::write(&path, format!("{text}[highres]\n{first}\n{sr}")).unwrap();
+        path
+    };
+    let cfg3 = highres("highres.toml", format!("base = \"{}\"", run2.display()));
     let run3 = dir.path().join("highres");
     let out = ok(&train("train-highres", &cfg3, &run3, &[], &[]));
     assert!(out.contains("finished at step 4/4"), "{out}");
@@ -126,10 +157,12 @@ fn tiny_highres_refinement_trains_and_samples() {
     let device = Device::flex();
     let base = export::state_dict(
         &checkpoint::load::<Prdit>(&run2.join("checkpoints/step-000000004/model.bpk"), &device).unwrap(),
-    );
+    )
+    .unwrap();
     let sr = export::state_dict(
         &checkpoint::load::<PrditSr>(&run3.join("checkpoints/step-000000004/model.bpk"), &device).unwrap(),
-    );
+    )
+    .unwrap();
     for (k, v) in &base {
         assert_eq!(v, &sr[&format!("base.{k}")], "base.{k}");
     }
@@ -142,6 +175,35 @@ fn tiny_highres_refinement_trains_and_samples() {
     let out = dir.path().join("samples");
     sample(&["--run", run3.to_str().unwrap(), "--out", out.to_str().unwrap(), "--num", "1", "--steps", "5"]);
     assert_eq!(read_volume(&out.join("xs/sample-00000.nii.gz")).unwrap().dims, [32, 32, 32]);
+
+    // Phase 3b (`configs/lidc-highres-finetune.toml`): the whole refinement model continues from
+    // the 3a run and the base's transformer trains too; its stage 1 (coarse branch and coarse
+    // head) stays as it was.
+    let cfg4 = highres("finetune.toml", format!("init = \"{}\"\nfinetune_base = true", run3.display()));
+    let run4 = dir.path().join("finetune");
+    let out = ok(&train("train-highres", &cfg4, &run4, &["--steps", "2"], &[]));
+    assert!(out.contains("finished at step 2/2"), "{out}");
+    let tuned = export::state_dict(
+        &checkpoint::load::<PrditSr>(&run4.join("checkpoints/step-000000002/model.bpk"), &device).unwrap(),
+    )
+    .unwrap();
+    let (mut kept, mut moved) = (0, 0);
+    for (k, v) in &sr {
+        let stage1 = k.starts_with("base.coarse.") || k.starts_with("base.t_embedder.coarse_head.");
+        let trained = k.starts_with("base.fine.") || k.starts_with("sr.") || k.starts_with("t_embedder_sr.");
+        if stage1 {
+            assert_eq!(v, &tuned[k], "{k} is stage 1: frozen in phase 3b");
+            kept += 1;
+        } else if trained && v != &tuned[k] {
+            moved += 1;
+        }
+    }
+    assert!(kept > 0, "the base's stage 1 is in the model");
+    assert!(
+        sr.keys().filter(|k| k.starts_with("base.fine.")).any(|k| sr[k] != tuned[k]),
+        "the base's transformer trains in phase 3b"
+    );
+    assert!(moved > 0);
 }
 
 /// A job killed after a volume's files but before its manifest entry: the re-run records it
@@ -180,7 +242,7 @@ fn sampling_recovers_from_kills_and_refuses_bad_weights() {
     let ckpt = std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().map(|e| e.path()).max().unwrap();
     let device = Device::flex();
     let m = checkpoint::load::<Prdit>(&ckpt.join("ema.bpk"), &device).unwrap();
-    let mut sd = export::state_dict(&m);
+    let mut sd = export::state_dict(&m).unwrap();
     sd.get_mut("coarse.mlp_denoise.linear_final.bias").unwrap().data[3] = f32::NAN;
     let bad = prdit::weights::prdit_from_state_dict(
         m.config(),

@@ -38,10 +38,12 @@ fn both_stages_train_and_stage2_freezes_stage1() {
     let device = Device::flex();
     let s1 = export::state_dict(
         &checkpoint::load::<Prdit>(&run1.join("checkpoints/step-000000040/model.bpk"), &device).unwrap(),
-    );
+    )
+    .unwrap();
     let s2 = export::state_dict(
         &checkpoint::load::<Prdit>(&run2.join("checkpoints/step-000000008/model.bpk"), &device).unwrap(),
-    );
+    )
+    .unwrap();
     for (k, v) in &s1 {
         assert_eq!(v, &s2[k], "{k}");
     }
@@ -110,6 +112,7 @@ fn killed_runs_resume_exactly() {
             export::state_dict(
                 &checkpoint::load::<Prdit>(&r.join("checkpoints/step-000000012/model.bpk"), &device).unwrap(),
             )
+            .unwrap()
         };
         assert_eq!(final_model(run), final_model(&full), "{}: same final weights", run.display());
     }
@@ -353,7 +356,7 @@ fn a_kill_while_pruning_leaves_no_torn_checkpoint() {
 /// The weights of a run's checkpoint at `step`.
 fn weights_at(run: &Path, step: u64) -> std::collections::BTreeMap<String, prdit::weights::HostTensor> {
     let file = run.join(format!("checkpoints/step-{step:09}/model.bpk"));
-    export::state_dict(&checkpoint::load::<Prdit>(&file, &Device::flex()).unwrap())
+    export::state_dict(&checkpoint::load::<Prdit>(&file, &Device::flex()).unwrap()).unwrap()
 }
 
 /// Data-parallel training on two host workers (`--devices cpu,cpu`, batch 4 → 2 each): the

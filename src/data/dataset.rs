@@ -186,8 +186,8 @@ fn load_one(path: &Path, size: usize, storage: Storage) -> Result<Voxels> {
 /// (default: 10 % rounded half to even as Python's `round`, at least 1 of 2 or more) of a
 /// seeded shuffle are held out. [`SplitPolicy::Official`] shuffles as the official
 /// `scripts/split_train_val.py` does (`random.Random(seed).shuffle`), so the same files and
-/// seed give the official validation set; [`SplitPolicy::Chacha`] is prdit's earlier ChaCha8
-/// shuffle.
+/// seed give the official validation set; [`SplitPolicy::Chacha`] is a ChaCha8 shuffle seeded
+/// with `seed`.
 pub fn split(
     n: usize,
     val_count: Option<usize>,

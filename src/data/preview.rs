@@ -180,8 +180,16 @@ mod tests {
         write_preview(&path, &p).unwrap();
         let (w, h) = size_of(&path);
         assert!(w >= 3 * 256 && h >= 2 * 256, "{w}×{h}");
-        let scale = 256 / 32;
-        assert_eq!(scale, 8);
+        // Every voxel is an 8×8 block (32 voxels → 256 px): the bright 4×4 column crosses only
+        // the axial mid-slice, so each of the two rows shows (4·8)² white pixels (the text is
+        // never pure white).
+        let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let frame = reader.next_frame(&mut buf).unwrap();
+        assert_eq!(frame.color_type, png::ColorType::Rgb);
+        let white = buf[..frame.buffer_size()].chunks_exact(3).filter(|p| p == &[255, 255, 255]).count();
+        assert_eq!(white, 2 * 32 * 32, "white pixels");
         // The views themselves: an 8× nearest-neighbour copy of the slices.
         let [axial, ..] = views(&v, -1.0, 1.0, false);
         assert_eq!((axial.0, axial.1), (32, 32));

@@ -15,8 +15,8 @@
 //! sampling"), with the solver's own step instead of a first-order one.
 //!
 //! The pilot costs [`candidates_for`] network calls on its batch, once per model and solver; the
-//! grid depends on the model and on nothing the samples are judged by. On the exact benchmark
-//! and the demo's model it halves the 10-step error of UniPC (`docs/samplers.md`).
+//! grid depends on the model and on nothing the samples are judged by. What it buys on the
+//! exact benchmark and on the demo's model: the `fitted` rows of `docs/samplers.md`.
 
 use std::ops::{Add, Div, Mul, Sub};
 

@@ -1,6 +1,6 @@
 //! Few-step solvers of PRDiT's probability-flow ODE (not in the official code): DDIM, DPM-Solver++
-//! (2M, 3M) and EDM's Heun, on the official uniform time grid or on grids uniform in log-SNR or in
-//! EDM's σ^(1/ρ).
+//! (2M, 3M), UniPC and EDM's Heun, on the official uniform time grid, on grids uniform in log-SNR
+//! or in EDM's σ^(1/ρ), or on a grid fitted to the model ([`super::fit`]).
 //!
 //! The process is `x_t = cos φ·x₀ + sin φ·ε`, `ε ~ N(0, σ_d²)`, σ_d = 0.5, φ = (π/2)·t/T (spec §6):
 //! with `α = cos φ` and `σ = σ_d·sin φ` it is `x_t = α·x₀ + σ·z`, a Gaussian diffusion with
@@ -9,6 +9,8 @@
 //! - DDIM: `x_s = cos φ_s·x̂₀ + sin φ_s·ε̂`, exact for a single data point;
 //! - DPM-Solver++(2M/3M) (Lu et al. 2022), data-prediction multistep form in λ, warming up with
 //!   lower orders;
+//! - UniPC (Zhao et al. 2023): the 2M predictor with the UniC corrector, one order higher at no
+//!   extra network call;
 //! - Heun (Karras et al. 2022) on `dy/dσ_edm = (y − x̂₀)/σ_edm`, `y = x/cos φ` (2 network calls
 //!   per step but the last).
 //!
@@ -30,8 +32,7 @@ pub const T_START: f64 = (NUM_TIMESTEPS - 1) as f64;
 /// whose σ_data = 0.5 is PRDiT's σ_d), in PRDiT's time t ≈ 996.0 … 2.55. Every solver still
 /// makes its first call at [`T_START`] (the grid's first point moves there) and ends with the
 /// exact step to t = 0. On the exact benchmark this range is better than t = 999 … 1, or within
-/// 0.0001, in all cells but one (UniPC, 10 steps: 0.031 against 0.060 per voxel, 0.018 against
-/// 0.034 on the Gaussian mixture; `docs/samplers.md`).
+/// 0.0001, in all cells but one (`docs/samplers.md`, the grids).
 pub const EDM_SIGMA_MIN: f64 = 0.002;
 /// See [`EDM_SIGMA_MIN`].
 pub const EDM_SIGMA_MAX: f64 = 80.0;
@@ -493,8 +494,8 @@ mod tests {
     /// On the benchmark's Gaussian mixture, DPM-Solver++(2M) with the UniC corrector (UniPC) in
     /// 20 steps, and DPM-Solver++(2M) alone in 50, end at least as close to the data (sliced W1
     /// to the exact law, the same starting noise) as the official deterministic sampler in
-    /// 1000 — 50× and 20× fewer network calls. (2M alone at 20 steps: 0.0071 against 0.0059,
-    /// `docs/samplers.md`.)
+    /// 1000 — 50× and 20× fewer network calls (every solver and step count: the tables of
+    /// `docs/samplers.md`).
     #[test]
     fn few_step_solvers_are_as_close_as_the_official_sampler_in_1000() {
         use crate::diffusion::exact::distance;

@@ -189,8 +189,6 @@ mod tests {
             // Euler in φ on the exact ODE: the error shrinks with the step (spacing π/2/steps).
             let tol = 3.0 * std::f32::consts::FRAC_PI_2 / steps as f32;
             assert!(err < tol, "{sampler:?} {steps}: max |x − c| = {err} ≥ {tol}");
-            let err0 = (out.x0 - c as f64).abs().max().into_scalar::<f32>();
-            assert!(err0 < 1e-6);
         }
     }
 }

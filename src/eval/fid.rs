@@ -183,6 +183,9 @@ pub fn evaluate(opts: &FidOptions, device: &Device) -> Result<FidReport> {
     if protocol.num == Some(0) {
         return Err(Error::invalid("num", "the number of volumes to evaluate must be at least 1"));
     }
+    if opts.batch == 0 {
+        return Err(Error::invalid("batch", "volumes per forward pass must be at least 1"));
+    }
     let (net, spec, weights) = feature_network(&opts.network, device)?;
     let mut listed = list_volumes(&opts.real)?;
     if let Some(n) = protocol.num {

@@ -396,7 +396,7 @@ mod tests {
     fn presets_are_valid_and_match_their_files() {
         let tiny = PrditConfig::tiny();
         tiny.validate().unwrap();
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/tiny-model.toml");
+        let path = crate::config::repo_file("configs/tiny-model.toml");
         let file: PrditConfig = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         assert_eq!(file, tiny);
         assert_eq!(PrditConfig::paper_lidc().name(), "PRDiT-B/12/4");

@@ -282,7 +282,7 @@ mod tests {
         // Give the base's zero-initialised output layers values, so it predicts something.
         let base = base.map(&mut Shift);
         let m = PrditSr::on_base(&cfg, base, 1, &device).unwrap().freeze_base();
-        let keys = state_dict(&m);
+        let keys = state_dict(&m).unwrap();
         assert!(keys.contains_key("base.fine.blocks.0.attn.qkv.weight"));
         assert!(
             keys.contains_key("t_embedder_sr.coarse_head.weight")

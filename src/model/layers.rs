@@ -21,9 +21,9 @@ pub fn modulate(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<3> {
 /// GELU with the tanh approximation (timm's `approximate="tanh"`), computed as
 /// `x·σ(2·√(2/π)·(x + 0.044715·x³))`, which equals `½x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`
 /// (`1 + tanh z = 2σ(2z)`): one exponential and five cheap element-wise operations instead of
-/// Burn's `gelu_approximate` (a power for x³, a tanh and three more). 4.2 ms instead of
-/// 18.8 ms on `[1024, 768]` on the 2-core CPU machine; its backward is cheaper too (a sigmoid's
-/// backward reuses its output).
+/// Burn's `gelu_approximate` (a power for x³, a tanh and three more); its backward is cheaper
+/// too (a sigmoid's backward reuses its output). `cargo bench --bench stages` times both
+/// (`docs/bench-vs-official.md`).
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     const TWO_SQRT_2_OVER_PI: f64 =
         2.0 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;

@@ -25,7 +25,7 @@ use local::MlpDenoiser;
 use patch::{extract_patches, unpatchify};
 
 use crate::denoiser::{Denoiser, split_prediction};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use layers::PlaceholderSource;
 use network::Network;
 
@@ -116,12 +116,44 @@ impl Prdit {
 
     /// - `x_t`: `[batch, C, S, S, S]`; `t`: one diffusion time per sample
     /// - returns `[batch, 2, S, S, S]`: channel 0 = ε̂ (noise), channel 1 = x̂₀ (image)
+    ///
+    /// Panics, naming both shapes, on an input that does not fit (see [`check_input`](Self::check_input));
+    /// [`try_forward`](Self::try_forward) returns that as an error instead.
     pub fn forward(&self, x_t: Tensor<5>, t: &[f32]) -> Tensor<5> {
         self.forward_trace(x_t, t).out
     }
 
+    /// [`forward`](Self::forward) for inputs from outside: a volume of another size or channel
+    /// count, or a time count other than the batch, is an error naming what was expected.
+    pub fn try_forward(&self, x_t: Tensor<5>, t: &[f32]) -> Result<Tensor<5>> {
+        self.check_input(x_t.dims(), t.len())?;
+        Ok(self.forward(x_t, t))
+    }
+
+    /// Whether `[batch, C, S, S, S]` volumes with `times` diffusion times fit this network.
+    pub fn check_input(&self, dims: [usize; 5], times: usize) -> Result<()> {
+        let cfg = &self.config;
+        let (c, s) = (cfg.in_channels, cfg.input_size);
+        if dims[1..] != [c, s, s, s] {
+            return Err(Error::invalid(
+                "input",
+                format!("{} takes volumes of shape [batch, {c}, {s}, {s}, {s}], given {dims:?}", cfg.name()),
+            ));
+        }
+        if times != dims[0] {
+            return Err(Error::invalid(
+                "input",
+                format!("{} volumes need one diffusion time each, given {times}", dims[0]),
+            ));
+        }
+        Ok(())
+    }
+
     /// [`forward`](Self::forward), keeping every intermediate.
     pub fn forward_trace(&self, x_t: Tensor<5>, t: &[f32]) -> ForwardTrace {
+        if let Err(e) = self.check_input(x_t.dims(), t.len()) {
+            panic!("{e}");
+        }
         let cfg = &self.config;
         let (c_coarse, c_fine) = self.t_embedder.forward(t, &x_t.device()); // [b, D], [b, H]
         let patches = extract_patches(x_t, cfg.patch_size, cfg.stride, cfg.padding).detach(); // [b, N, D]

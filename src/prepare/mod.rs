@@ -393,15 +393,45 @@ pub fn rad_official(
 }
 
 impl PrepareOptions {
+    /// Refuses settings that the recipe would not honour: the official recipes compute each
+    /// volume's window themselves (and RAD-ChestCT's does not resample), so a fixed window (or
+    /// a spacing for RAD-ChestCT) belongs to the generic recipe; volumes smaller than 8³.
+    pub fn validate(&self) -> Result<()> {
+        if self.size < 8 {
+            return Err(Error::invalid(
+                "size",
+                format!("{} is too small: volumes must be at least 8³", self.size),
+            ));
+        }
+        let official = match self.recipe {
+            Recipe::Lidc => "lidc",
+            Recipe::RadChestct => "rad-chestct",
+            Recipe::Generic => return Ok(()),
+        };
+        if self.window.is_some() {
+            return Err(Error::invalid(
+                "window",
+                format!(
+                    "the {official} recipe computes each volume's window as the official script does (clip, \
+                     quantile, min-max); a fixed window is the generic recipe's (--recipe generic --window …, \
+                     with --spacing and --fov as you need them)"
+                ),
+            ));
+        }
+        if self.recipe == Recipe::RadChestct && self.spacing_mm.is_some() {
+            return Err(Error::invalid(
+                "spacing",
+                "the rad-chestct recipe does not resample, as the official script; resampling to a spacing is \
+                 the generic recipe's (--recipe generic --spacing …)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the official steps run ([`lidc_official`], [`rad_official`]): the `lidc` and
-    /// `rad-chestct` recipes without `--window` (and, for RAD-ChestCT, without `--spacing`).
+    /// `rad-chestct` recipes (which [`validate`](Self::validate) keeps free of generic settings).
     pub fn official_steps(&self) -> bool {
-        self.window.is_none()
-            && match self.recipe {
-                Recipe::Lidc => true,
-                Recipe::RadChestct => self.spacing_mm.is_none(),
-                Recipe::Generic => false,
-            }
+        self.recipe != Recipe::Generic
     }
 
     /// The value range the volumes are written in: [0, 1] for the official RAD-ChestCT steps,
@@ -445,39 +475,24 @@ pub fn process(
         };
         return Ok((out, window, stats(&hu)));
     }
-    let (spacing, fov) = match opts.recipe {
-        Recipe::Lidc => (Some(opts.spacing_mm.unwrap_or(1.0)), Some(opts.fov.unwrap_or(256))),
-        Recipe::RadChestct => (opts.spacing_mm, Some(opts.fov.unwrap_or(256))),
-        Recipe::Generic => (opts.spacing_mm, opts.fov),
-    };
-    let mut v = match spacing {
+    // The generic recipe.
+    let v = match opts.spacing_mm {
         Some(s) => resample_to_spacing(v, s),
         None => v.clone(),
     };
-    if opts.recipe == Recipe::RadChestct {
-        v.data.iter_mut().for_each(|x| *x = x.clamp(-1000.0, 1000.0));
-    }
-    let fov = fov.unwrap_or_else(|| *v.dims.iter().max().expect("3 dims"));
+    let fov = opts.fov.unwrap_or_else(|| *v.dims.iter().max().expect("3 dims"));
     let v = crop_or_pad(&v, [fov; 3], AIR_HU);
     // Integer ratios by averaging (the official LIDC loader's AvgPool3d(2) for 256 → 128),
     // other ratios trilinearly.
     let mut v = if fov == opts.size {
         v
-    } else if fov % opts.size == 0 {
+    } else if fov.is_multiple_of(opts.size) {
         avg_pool(&v, fov / opts.size)
     } else {
         resize(&v, [opts.size; 3])
     };
     let stats = stats(&v);
-    let window = match (opts.window, opts.recipe) {
-        (Some(w), _) => w,
-        (None, Recipe::Lidc) => {
-            v.data.iter_mut().for_each(|x| *x = x.max(-1000.0));
-            [v.min_max().0, quantile(&v.data, 0.999)]
-        }
-        (None, Recipe::RadChestct) => [v.min_max().0, quantile(&v.data, 0.995)],
-        (None, Recipe::Generic) => [-1000.0, 1000.0],
-    };
+    let window = opts.window.unwrap_or([-1000.0, 1000.0]);
     let window = if window[1] > window[0] { window } else { [window[0], window[0] + 1.0] };
     window_to_model(&mut v, window[0], window[1]);
     Ok((v, window, stats))
@@ -508,6 +523,7 @@ pub fn run(
     jobs: usize,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Manifest> {
+    opts.validate()?;
     let listed = |failed: &[Failure]| -> Vec<String> {
         failed.iter().map(|f| format!("{}: {}", f.source.display(), f.reason)).collect()
     };

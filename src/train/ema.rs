@@ -51,9 +51,9 @@ mod tests {
         let ema = a.valid();
         // A model with other values under the same parameter ids.
         let b = a.clone().map(&mut Shift);
-        let copied = state_dict(&ema_update(ema.clone(), &b, 0.0));
-        let averaged = state_dict(&ema_update(ema.clone(), &b, 0.5));
-        let (sa, sb) = (state_dict(&a), state_dict(&b));
+        let copied = state_dict(&ema_update(ema.clone(), &b, 0.0)).unwrap();
+        let averaged = state_dict(&ema_update(ema.clone(), &b, 0.5)).unwrap();
+        let (sa, sb) = (state_dict(&a).unwrap(), state_dict(&b).unwrap());
         let key = "fine.blocks.0.attn.qkv.bias";
         assert_eq!(copied[key], sb[key]);
         let want: Vec<f32> = sa[key].data.iter().zip(&sb[key].data).map(|(x, y)| 0.5 * x + 0.5 * y).collect();

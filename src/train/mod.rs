@@ -58,6 +58,13 @@ pub struct TrainOptions {
     pub stop: Arc<AtomicBool>,
 }
 
+/// The run folder of a run file when none is given: `runs/<file name without extension>`
+/// (relative to the working directory).
+pub fn default_run_dir(config: &Path) -> PathBuf {
+    let name = config.file_stem().and_then(|s| s.to_str()).unwrap_or("run");
+    PathBuf::from("runs").join(name)
+}
+
 /// What a finished (or interrupted) run reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {

@@ -196,8 +196,8 @@ impl KeyedMapper for Update<'_> {
             None => (g.clone() * (1.0 - c.beta1), g.square() * (1.0 - c.beta2)),
         };
         // PyTorch's step, θ − (lr/b₁)·m / (√v/√b₂ + ε), with the bias corrections folded into
-        // two scalars: θ − (lr·√b₂/b₁)·m / (√v + ε·√b₂) — five passes over the parameter
-        // instead of seven (a backend without fusion pays one memory pass per operation).
+        // two scalars: θ − (lr·√b₂/b₁)·m / (√v + ε·√b₂) — five passes over the parameter where
+        // PyTorch's form takes seven (a backend without fusion pays one memory pass per operation).
         let root_b2 = self.bias2.sqrt();
         let denom = v.clone().sqrt() + c.eps * root_b2;
         let mut theta = if c.weight_decay > 0.0 { theta * (1.0 - self.lr * c.weight_decay) } else { theta };

@@ -254,8 +254,15 @@ pub fn fault(point: &str, step: u64) {
 
 /// Whether the test fault `point:step` is injected (`PRDIT_FAULT_INJECT`); for faults that do
 /// not abort, such as `nan-on-rank-R:N` (worker R's loss is NaN on the N-th batch drawn).
+/// The variable is read once per process, so a run without it pays one comparison per call.
 pub fn fault_active(point: &str, step: u64) -> bool {
-    std::env::var("PRDIT_FAULT_INJECT").is_ok_and(|spec| spec == format!("{point}:{step}"))
+    static SPEC: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
+    let spec = SPEC.get_or_init(|| {
+        let text = std::env::var("PRDIT_FAULT_INJECT").ok()?;
+        let (p, n) = text.rsplit_once(':')?;
+        Some((p.to_string(), n.parse().ok()?))
+    });
+    spec.as_ref().is_some_and(|(p, n)| p == point && *n == step)
 }
 
 #[cfg(test)]

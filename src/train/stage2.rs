@@ -45,7 +45,7 @@ pub fn stage1_weights(source: &Path, stage2: &PrditConfig) -> Result<(StateDict,
             }
             let m = checkpoint::load::<Prdit>(file, &Device::flex())?;
             (
-                StateDict::from_host(file, export::state_dict(&m)),
+                StateDict::from_host(file, export::state_dict(&m)?),
                 format!("{} ({})", file.display(), found.name()),
             )
         }

@@ -299,7 +299,7 @@ mod tests {
         let device = Device::flex().autodiff();
         let cfg = PrditConfig::tiny();
         let model = Prdit::init(&cfg, 1, &device).unwrap().freeze_stage1();
-        let before = state_dict(&model);
+        let before = state_dict(&model).unwrap();
         let mut noise = SeededNoise::new(2, NOISE_STD);
         let x0 = noise.draw([2, 1, 16, 16, 16], &device).unwrap();
         let eps = noise.draw([2, 1, 16, 16, 16], &device).unwrap();
@@ -313,7 +313,7 @@ mod tests {
         // AdamW keeps two moments per trainable tensor and nothing for the frozen ones.
         let record = format!("{:?}", optim.to_record());
         assert!(record.contains(&format!("num_tensors: {}", 2 * trainable)), "{record}");
-        let after = state_dict(&model);
+        let after = state_dict(&model).unwrap();
         for (key, value) in &before {
             let frozen = !(key.starts_with("fine.") || key.starts_with("t_embedder.fine_head."));
             if frozen {

@@ -143,10 +143,10 @@ mod tests {
         let device = burn::tensor::Device::flex();
         let cfg = PrditConfig { hidden_size: 96, num_heads: 4, ..PrditConfig::tiny() };
         let stage1 = Prdit::init(&PrditConfig { depth: 0, ..cfg.clone() }, 3, &device).unwrap();
-        let host: BTreeMap<_, _> = state_dict(&stage1);
+        let host: BTreeMap<_, _> = state_dict(&stage1).unwrap();
         let sd = StateDict::from_host("stage1", host.clone());
         let m = stage2::build_stage2(&cfg, &sd, 5, 0.1, &device).unwrap();
-        let w = state_dict(&m);
+        let w = state_dict(&m).unwrap();
         let (h, d) = (cfg.hidden_size, cfg.token_dim());
         let xavier =
             |gain: f64, fan_in: usize, fan_out: usize| gain * (6.0 / (fan_in + fan_out) as f64).sqrt();

@@ -8,6 +8,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Gradients, Tensor};
 
 use super::HostTensor;
+use crate::error::Result;
 
 /// The official key of a parameter from its Burn module path
 /// (`coarse.mlp1.fc1_g.weight` → `coarse.mlp_denoise.mlp1.fc1_g.weight`; the refinement
@@ -111,25 +112,29 @@ pub fn map_params<M: Module>(model: M, mapper: &mut impl KeyedMapper) -> M {
 
 /// A flattened tensor on the host in PyTorch layout (every rank-2 parameter is a Linear
 /// weight: Burn `[in, out]` → PyTorch `[out, in]`).
-pub fn official_layout(t: Tensor<1>, dims: &[usize]) -> HostTensor {
+pub fn official_layout(t: Tensor<1>, dims: &[usize]) -> Result<HostTensor> {
     host(t, dims)
 }
 
-fn host(t: Tensor<1>, dims: &[usize]) -> HostTensor {
+fn host(t: Tensor<1>, dims: &[usize]) -> Result<HostTensor> {
     let (t, shape) = match dims {
         [i, o] => (t.reshape([*i, *o]).transpose().reshape([i * o]), vec![*o, *i]),
         _ => (t, dims.to_vec()),
     };
-    HostTensor { shape, data: crate::device::to_host(t, "a parameter").unwrap_or_else(|e| panic!("{e}")) }
+    Ok(HostTensor { shape, data: crate::device::to_host(t, "a parameter")? })
 }
 
 /// All parameters of `model` by official key, PyTorch layout.
-pub fn state_dict<M: Module>(model: &M) -> BTreeMap<String, HostTensor> {
-    params(model, None).into_iter().map(|p| (p.key, host(p.value, &p.dims))).collect()
+pub fn state_dict<M: Module>(model: &M) -> Result<BTreeMap<String, HostTensor>> {
+    params(model, None).into_iter().map(|p| Ok((p.key, host(p.value, &p.dims)?))).collect()
 }
 
 /// The gradients `grads` holds for `model`'s parameters, by official key (parameters
 /// without a gradient, such as frozen ones, are absent).
-pub fn gradients<M: Module>(model: &M, grads: &Gradients) -> BTreeMap<String, HostTensor> {
-    params(model, Some(grads)).into_iter().filter_map(|p| Some((p.key, host(p.grad?, &p.dims)))).collect()
+pub fn gradients<M: Module>(model: &M, grads: &Gradients) -> Result<BTreeMap<String, HostTensor>> {
+    params(model, Some(grads))
+        .into_iter()
+        .filter_map(|p| Some((p.key, p.grad?, p.dims)))
+        .map(|(key, grad, dims)| Ok((key, host(grad, &dims)?)))
+        .collect()
 }

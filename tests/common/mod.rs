@@ -32,10 +32,23 @@ pub fn train_dir() -> PathBuf {
     fixture_dir("PRDIT_TRAIN_PARITY_DIR", "train")
 }
 
-fn fixture_dir(var: &str, name: &str) -> PathBuf {
+/// The repository root, found at run time: cargo sets `CARGO_MANIFEST_DIR` in the environment
+/// of every test process. Never the compile-time `env!` path, which a test binary reused from
+/// a build in another checkout (a shared `CARGO_TARGET_DIR`) would carry from that checkout.
+pub fn repo() -> PathBuf {
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .expect("CARGO_MANIFEST_DIR is set (run the tests with cargo test)");
+    assert!(dir.join("Cargo.toml").is_file(), "{} holds no Cargo.toml", dir.display());
+    dir
+}
+
+/// A fixture folder: the variable `var` when set, else `tests/fixtures/NAME` of this checkout;
+/// a missing folder fails the test with its path.
+pub fn fixture_dir(var: &str, name: &str) -> PathBuf {
     let dir = match std::env::var_os(var) {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name),
+        None => repo().join("tests/fixtures").join(name),
     };
     assert!(
         dir.is_dir(),
