@@ -35,7 +35,7 @@ pin)
         echo "vendor-times: $TARGET holds no recorded build of this vendor/ tree; cargo builds it"
         exit 0
     fi
-    if [ -n "$(find "$TARGET" -maxdepth 3 -path '*/.fingerprint/cubecl-llvm-*' -newer "$STAMP" -print -quit)" ]; then
+    if [ -n "$(find "$TARGET" -maxdepth 4 -path '*/.fingerprint/cubecl-llvm-*/*' -newer "$STAMP" -print -quit)" ]; then
         echo "vendor-times: cubecl-llvm was rebuilt after the stamp (another vendor/); cargo decides afresh"
         rm -f "$STAMP"
         exit 0
