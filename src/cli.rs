@@ -422,6 +422,9 @@ pub struct InspectArgs {
     /// Which weights of a full official checkpoint to use.
     #[arg(long, value_enum, default_value_t = Entry::Auto)]
     entry: Entry,
+    /// Volumes per training step, for the predicted peak memory of a step (the paper's: 16).
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -665,6 +668,13 @@ fn bench_cmd(spec: DeviceSpec, args: &BenchArgs, started: std::time::Instant) ->
         since: started,
     };
     let stage2 = PrditConfig::from_name(&args.model, args.size)?;
+    let (b, heads, tokens) = (args.batch.unwrap_or(16), stage2.num_heads, stage2.num_tokens());
+    let rows = prdit::model::attention::block_rows(b, heads, tokens);
+    println!(
+        "attention: the backend's own forward; training's backward recomputes the scores in blocks of {rows} \
+         query rows ({:.2} GiB each at batch {b}) and keeps none",
+        (b * heads * rows * tokens * 4) as f64 / (1u64 << 30) as f64
+    );
     for line in prdit::bench::CaseResult::header() {
         println!("{line}");
     }
@@ -840,6 +850,7 @@ fn inspect_cmd(spec: DeviceSpec, args: InspectArgs) -> Result<()> {
         size: args.size.unwrap_or(128),
         weights: args.weights,
         entry: args.entry,
+        batch: args.batch,
     };
     let select = || -> prdit::Result<device::Selected> {
         let selected = device::select(spec)?;
@@ -848,8 +859,9 @@ fn inspect_cmd(spec: DeviceSpec, args: InspectArgs) -> Result<()> {
         }
         Ok(selected)
     };
-    let inspection = inspect::inspect(&opts, select)
-        .map_err(|e| with_flags(e, &[("model", "--model"), ("size", "--size"), ("entry", "--entry")]))?;
+    let inspection = inspect::inspect(&opts, select).map_err(|e| {
+        with_flags(e, &[("model", "--model"), ("size", "--size"), ("entry", "--entry"), ("batch", "--batch")])
+    })?;
     if args.json {
         println!("{}", prdit::fsio::json_text(&inspection)?);
     } else {

@@ -22,15 +22,36 @@ use crate::weights::{self, Entry, StateDict, checkpoint};
 ///   temporaries alive at once (local denoiser ≈ 5·D per token; DiT ≈ D + O + 9·H).
 /// - `training`: values autodiff keeps for the backward pass: stage 1 ≈ 20·D + 2·O per token;
 ///   stage 2 (stage 1 frozen, outside the graph) ≈ D + 13·H + 2·O + L·20·H per token.
-/// - `attention_scores`: what one attention layer adds per volume when its h·N² score
-///   matrix is materialised (×2 under autodiff, which keeps scores and probabilities);
-///   fused attention does not store it.
+/// - `attention_scores`: one attention layer's h·N² score matrix per volume, which the
+///   sampling forward computes block by block (the backend's attention) and training never
+///   keeps (`model::attention`: the backward recomputes it in blocks of query rows).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct ActivationEstimate {
     pub sampling: u64,
     pub training_stage1: u64,
     pub training_stage2: u64,
     pub attention_scores: u64,
+}
+
+/// Measured training peak per estimated activation byte (see [`TrainingPeak`]).
+pub const PEAK_FACTOR: f64 = 1.094;
+
+/// The predicted peak memory of one training step at a batch size: the weights of the model
+/// and of its EMA copy, the gradients and both AdamW moments of what trains (float32), and
+/// [`PEAK_FACTOR`] times the batch's activation estimate ([`ActivationEstimate`]). The factor is a least-squares fit to the peak resident memory
+/// of stage-2 steps of PRDiT-B/12/4 on the CPU at 64³, 96³ and 128³ and batches 1 to 8
+/// (`scripts/train-memory.sh`, `docs/memory.md`): every measured point within 10 %. Stage 1
+/// uses the same factor (not fitted on it). A GPU adds its runtime's own reserve.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TrainingPeak {
+    pub batch: usize,
+    pub stage1: u64,
+    /// Absent for a stage-1 model.
+    pub stage2: Option<u64>,
+    /// Query rows per block of the attention backward at this batch.
+    pub attention_block_rows: usize,
+    /// Bytes of one `[batch, heads, rows, N]` block of the attention backward.
+    pub attention_block_bytes: u64,
 }
 
 /// Everything `prdit inspect` reports.
@@ -45,16 +66,39 @@ pub struct Report {
     pub params: ParamCounts,
     pub total_params: usize,
     pub memory_per_volume: ActivationEstimate,
+    pub training_peak: TrainingPeak,
 }
 
-/// Builds the report of `cfg`.
-pub fn report(cfg: &PrditConfig) -> Report {
+/// Builds the report of `cfg`, the training peak at `batch` volumes per step.
+pub fn report(cfg: &PrditConfig, batch: usize) -> Report {
     let n = cfg.num_tokens() as u64;
     let (d, o, h, l) =
         (cfg.token_dim() as u64, cfg.out_dim() as u64, cfg.hidden_size as u64, cfg.depth as u64);
     let bytes = |floats_per_token: u64| floats_per_token * n * 4;
     let fine_peak = if l > 0 { d + o + 9 * h } else { 0 };
     let attention_scores = if l > 0 { cfg.num_heads as u64 * n * n * 4 } else { 0 };
+    let memory_per_volume = ActivationEstimate {
+        sampling: bytes((5 * d).max(fine_peak) + o),
+        training_stage1: bytes(20 * d + 2 * o),
+        training_stage2: if l > 0 { bytes(d + 13 * h + 2 * o + l * 20 * h) } else { 0 },
+        attention_scores,
+    };
+    let p = cfg.param_counts();
+    let rows = crate::model::attention::block_rows(batch, cfg.num_heads, n as usize);
+    let block = (batch * cfg.num_heads * rows) as u64 * n * 4;
+    // Weights of the model and of its EMA copy, and gradients and two moments of what trains.
+    let state = |total: usize, trained: usize| 4 * (2 * total as u64 + 3 * trained as u64);
+    let peak = |total: usize, trained: usize, per_volume: u64| {
+        state(total, trained) + (PEAK_FACTOR * (batch as u64 * per_volume) as f64) as u64
+    };
+    let training_peak = TrainingPeak {
+        batch,
+        stage1: peak(p.stage1, p.stage1, memory_per_volume.training_stage1),
+        // The attention backward's blocks are part of what the fit measured.
+        stage2: (l > 0).then(|| peak(p.total(), p.stage2_trainable, memory_per_volume.training_stage2)),
+        attention_block_rows: rows,
+        attention_block_bytes: block,
+    };
     Report {
         name: cfg.name(),
         config: cfg.clone(),
@@ -64,12 +108,8 @@ pub fn report(cfg: &PrditConfig) -> Report {
         out_dim: cfg.out_dim(),
         params: cfg.param_counts(),
         total_params: cfg.param_counts().total(),
-        memory_per_volume: ActivationEstimate {
-            sampling: bytes((5 * d).max(fine_peak) + o),
-            training_stage1: bytes(20 * d + 2 * o),
-            training_stage2: if l > 0 { bytes(d + 13 * h + 2 * o + l * 20 * h) } else { 0 },
-            attention_scores,
-        },
+        memory_per_volume,
+        training_peak,
     }
 }
 
@@ -133,15 +173,27 @@ impl std::fmt::Display for Report {
         writeln!(f, "  sampling forward    {:>10}", gib(m.sampling))?;
         writeln!(f, "  stage 1 training    {:>10}", gib(m.training_stage1))?;
         if c.depth > 0 {
+            writeln!(f, "  stage 2 training    {:>10}", gib(m.training_stage2))?;
             writeln!(
                 f,
-                "  stage 2 training    {:>10}  (with fused attention backward)",
-                gib(m.training_stage2)
-            )?;
-            writeln!(
-                f,
-                "  + per layer if attention scores are stored: {} (×2 in training)",
+                "  attention scores    {:>10}  per layer, never kept: the backward recomputes them",
                 gib(m.attention_scores)
+            )?;
+        }
+        let t = &self.training_peak;
+        writeln!(
+            f,
+            "training step at batch {} (predicted peak: weights, EMA, gradients, AdamW, activations)",
+            t.batch
+        )?;
+        writeln!(f, "  stage 1             {:>10}", gib(t.stage1))?;
+        if let Some(s2) = t.stage2 {
+            writeln!(
+                f,
+                "  stage 2             {:>10}  (attention backward in blocks of {} query rows, {} each)",
+                gib(s2),
+                t.attention_block_rows,
+                gib(t.attention_block_bytes)
             )?;
         }
         Ok(())
@@ -201,6 +253,8 @@ pub struct InspectOptions {
     pub weights: Option<PathBuf>,
     /// Which weights of an official full checkpoint.
     pub entry: Entry,
+    /// Volumes per training step, for the predicted training peak.
+    pub batch: usize,
 }
 
 /// The report of a model and, with `opts.weights`, loads them strictly onto the device that
@@ -222,7 +276,10 @@ pub fn inspect(opts: &InspectOptions, device: impl FnOnce() -> Result<Selected>)
             ));
         }
     };
-    let report = report(&cfg);
+    if opts.batch == 0 {
+        return Err(Error::invalid("batch", "a training step needs at least one volume"));
+    }
+    let report = report(&cfg, opts.batch);
     let Some(resolved) = resolved else { return Ok(Inspection { report, weights: None }) };
     let selected = device()?;
     let started = Instant::now();
@@ -265,12 +322,18 @@ mod tests {
     #[test]
     fn report_numbers() {
         let cfg = PrditConfig::from_name("PRDiT-B/12/4", 128).unwrap();
-        let r = report(&cfg);
+        let r = report(&cfg, 16);
         assert_eq!((r.grid, r.tokens, r.total_params), (16, 4096, 93_228_992));
         assert_eq!(r.params.stage2_trainable, 54_072_832);
         // B-size at 128³: 12 heads · 4096² · 4 B = 805 MB of scores per layer (spec §15).
         assert_eq!(r.memory_per_volume.attention_scores, 12 * 4096 * 4096 * 4);
         let text = r.to_string();
         assert!(text.contains("93,228,992") && text.contains("54,072,832"), "{text}");
+        // The paper's stage 2 at batch 16: predicted 21.4 GiB from the fit (docs/memory.md), of
+        // which 1.30 GiB are weights, EMA, gradients and AdamW moments (the official code: 19.1).
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let s2 = gib(r.training_peak.stage2.unwrap());
+        assert!((21.0..22.0).contains(&s2), "{s2}");
+        assert_eq!(r.training_peak.attention_block_rows, 80);
     }
 }

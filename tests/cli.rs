@@ -305,7 +305,7 @@ fn warmup_of_a_refinement_config_runs_the_refinement() {
     assert!(lines.iter().all(|l| l.contains("32^3") && !l.contains("16^3")), "{out}");
 }
 
-/// The full demo (its 300 + 400 steps; 131 s for the whole demo on the 2-core development
+/// The full demo (its 300 + 400 steps; 122 s for the whole demo on the 2-core development
 /// machine) generates the phantoms' anatomy: the mean tissue mix of its two samples is close to
 /// the 24 training phantoms'. Measured (seeded, so every run gives the same up to float
 /// rounding): air 27.9 % vs 34.5 %, lung 27.8 % vs 21.7 %, soft tissue 40.9 % vs 42.4 %, bone

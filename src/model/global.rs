@@ -8,9 +8,8 @@ use burn::module::Module;
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 
+use super::attention::attention;
 use super::config::{PATCH_EMBED_RATIO, PrditConfig};
 use super::embed::position_code;
 use super::layers::{Init, ParamSource, gelu_tanh, layer_norm_plain, modulate};
@@ -73,7 +72,9 @@ impl Attention {
             .reshape([batch, tokens, 3, heads, head_dim])
             .permute([2, 0, 3, 1, 4]); // "bnphd->pbhnd"
         let part = |i: usize| qkv.clone().narrow(0, i, 1).squeeze_dim::<4>(0); // [b, h, n, d]
-        let out = attention(part(0), part(1), part(2), None, None, AttentionModuleOptions::default());
+        // The backend's attention; under autodiff its backward recomputes the scores in blocks
+        // instead of keeping them (`super::attention`).
+        let out = attention(part(0), part(1), part(2));
         let out = out.swap_dims(1, 2).reshape([batch, tokens, hidden]); // "bhnd->bnhd" → [b, n, H]
         self.proj.forward(out)
     }

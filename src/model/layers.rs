@@ -3,7 +3,6 @@
 
 use burn::module::Param;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::sigmoid;
 use burn::tensor::module::layer_norm;
 use burn::tensor::{Device, Tensor, TensorData};
 use chacha20::ChaCha8Rng;
@@ -24,11 +23,10 @@ pub fn modulate(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<3> {
 /// Burn's `gelu_approximate` (a power for x³, a tanh and three more); its backward is cheaper
 /// too (a sigmoid's backward reuses its output). `cargo bench --bench stages` times both
 /// (`docs/bench-vs-official.md`).
+///
+/// One autodiff operation that keeps only its input for the backward pass (`super::gelu`).
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    const TWO_SQRT_2_OVER_PI: f64 =
-        2.0 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
-    let inner = (x.clone() * x.clone() * 0.044715 + 1.0) * x.clone() * TWO_SQRT_2_OVER_PI;
-    x * sigmoid(inner)
+    super::gelu::gelu_tanh(x)
 }
 
 /// LayerNorm over the last dim without affine parameters (`LN₀`, eps 1e-6, biased variance).

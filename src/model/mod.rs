@@ -4,8 +4,10 @@
 //!
 //! Python: `models/models.py::PRDiT`.
 
+pub mod attention;
 pub mod config;
 pub mod embed;
+pub mod gelu;
 pub mod global;
 pub mod highres;
 pub mod layers;
