@@ -85,6 +85,9 @@ pub fn official(case: &str) -> Option<(f64, f64)> {
     Some((ms, c.get("peak_gib")?.as_f64()?))
 }
 
+/// A timed case, or why it could not run.
+pub type Timed = Result<CaseResult>;
+
 /// Where and how a benchmark runs.
 pub struct Bench {
     pub device: Device,
@@ -206,13 +209,7 @@ impl Bench {
     }
 
     /// One no-grad forward of the whole model (the network call of a sampling step).
-    pub fn forward(
-        &self,
-        model: &impl Denoiser,
-        name: &str,
-        size: usize,
-        batch: usize,
-    ) -> Result<CaseResult> {
+    pub fn forward(&self, model: &impl Denoiser, name: &str, size: usize, batch: usize) -> Timed {
         let x =
             Tensor::<5>::random([batch, 1, size, size, size], Distribution::Normal(0.0, 0.5), &self.device);
         let t = vec![500.0f32; batch];
@@ -220,13 +217,7 @@ impl Bench {
     }
 
     /// One predictor–corrector step (network call, update, per-volume host noise).
-    pub fn sample_step(
-        &self,
-        model: &impl Denoiser,
-        name: &str,
-        size: usize,
-        batch: usize,
-    ) -> Result<CaseResult> {
+    pub fn sample_step(&self, model: &impl Denoiser, name: &str, size: usize, batch: usize) -> Timed {
         let mut noise = VolumeNoise::new(0, (0..batch as u64).collect());
         let x = noise.draw([batch, 1, size, size, size], &self.device)?;
         self.try_time(format!("pc-step {name} {size}^3 b{batch}"), batch, || {

@@ -141,25 +141,15 @@ fn eval_commands_report_cache_and_refuse_mismatched_ranges() {
     ));
     let cache = dir.path().join("cache");
     let report = dir.path().join("report.json");
+    // eval-fid of `fake` against the real set with the formula weights, and `extra` flags.
+    let fid = |fake: &std::path::Path, extra: &[&str]| {
+        let (r, f) = (real.to_str().unwrap(), fake.to_str().unwrap());
+        let base = ["eval-fid", "--real", r, "--fake", f, "--test-formula-weights", "10"];
+        prdit(&[&base[..], extra].concat(), &[])
+    };
     let run = |fake: &std::path::Path| {
-        prdit(
-            &[
-                "eval-fid",
-                "--real",
-                real.to_str().unwrap(),
-                "--fake",
-                fake.to_str().unwrap(),
-                "--preset",
-                "none",
-                "--test-formula-weights",
-                "10",
-                "--cache",
-                cache.to_str().unwrap(),
-                "--out",
-                report.to_str().unwrap(),
-            ],
-            &[],
-        )
+        let (cache, report) = (cache.to_str().unwrap(), report.to_str().unwrap());
+        fid(fake, &["--preset", "none", "--cache", cache, "--out", report])
     };
     let first: serde_json::Value = serde_json::from_str(&ok(&run(&fake))).unwrap();
     assert!(first["fid"].as_f64().unwrap().is_finite() && first["mmd"].as_f64().unwrap() >= 0.0);
@@ -183,23 +173,7 @@ fn eval_commands_report_cache_and_refuse_mismatched_ranges() {
     // A report path that is a folder: the write fails naming it, after the report is printed.
     let folder = dir.path().join("a-folder");
     std::fs::create_dir(&folder).unwrap();
-    let o = prdit(
-        &[
-            "eval-fid",
-            "--real",
-            real.to_str().unwrap(),
-            "--fake",
-            fake.to_str().unwrap(),
-            "--preset",
-            "none",
-            "--test-formula-weights",
-            "10",
-            "--no-cache",
-            "--out",
-            folder.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = fid(&fake, &["--preset", "none", "--no-cache", "--out", folder.to_str().unwrap()]);
     let printed: serde_json::Value = serde_json::from_slice(&o.stdout).expect("the report is printed first");
     assert_eq!(printed["fid"], first["fid"]);
     let e = err(&o);
@@ -209,18 +183,7 @@ fn eval_commands_report_cache_and_refuse_mismatched_ranges() {
         "the folder is untouched"
     );
     // The LIDC protocol wants 1000 volumes unless told otherwise.
-    let o = prdit(
-        &[
-            "eval-fid",
-            "--real",
-            real.to_str().unwrap(),
-            "--fake",
-            fake.to_str().unwrap(),
-            "--test-formula-weights",
-            "10",
-        ],
-        &[],
-    );
+    let o = fid(&fake, &[]);
     assert!(err(&o).contains("uses 1000 volumes"));
 
     let big = phantoms(dir.path(), "big", 3, 48);
