@@ -236,3 +236,44 @@ mod tests {
         assert_eq!(block_rows(64, 64, 1 << 16), ROW_MULTIPLE);
     }
 }
+
+/// The same operations on a CubeCL backend (wgpu; on a machine without a GPU, Mesa's lavapipe
+/// with `VK_DRIVER_FILES` pointing at its ICD), against the CPU backend.
+#[cfg(all(test, feature = "wgpu"))]
+mod wgpu_tests {
+    use burn::tensor::{Device, DeviceKind, Distribution, Tensor, TensorData};
+
+    use super::*;
+
+    #[test]
+    fn wgpu_matches_the_cpu_backend() {
+        let cpu = Device::flex().autodiff();
+        let gpu = Device::wgpu(DeviceKind::Cpu).autodiff();
+        let shape = [2, 3, 37, 8];
+        let host = |seed: f64| {
+            Tensor::<4>::random(shape, Distribution::Normal(seed, 1.0), &Device::flex()).into_data()
+        };
+        let (q, k, v, w) = (host(0.0), host(0.1), host(-0.1), host(0.0));
+        let run = |device: &Device| {
+            let t = |d: &TensorData| Tensor::<4>::from_data(d.clone(), device).require_grad();
+            let (q, k, v) = (t(&q), t(&k), t(&v));
+            let out = attention_with_rows(q.clone(), k.clone(), v.clone(), 16);
+            let gelu = crate::model::gelu::gelu_tanh(out.clone());
+            let grads = (gelu.clone() * Tensor::<4>::from_data(w.clone(), device)).sum().backward();
+            let vec = |t: Tensor<4>| t.into_data().try_into_vec_as::<f32>().unwrap();
+            [
+                vec(gelu),
+                vec(q.grad(&grads).unwrap()),
+                vec(k.grad(&grads).unwrap()),
+                vec(v.grad(&grads).unwrap()),
+            ]
+        };
+        let (a, b) = (run(&cpu), run(&gpu));
+        for (name, (x, y)) in ["output", "dq", "dk", "dv"].iter().zip(a.iter().zip(&b)) {
+            let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let e = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale;
+            eprintln!("wgpu vs cpu {name}: relative {e:.2e}");
+            assert!(e < 1e-4, "{name}: {e:.2e}");
+        }
+    }
+}
