@@ -328,7 +328,6 @@ pub fn report_json(device: &str, cases: &[CaseResult]) -> serde_json::Value {
 pub fn warmup(bench: &Bench, cfg: &RunConfig) -> Result<[CaseResult; 2]> {
     let micro = cfg.train.micro_batch.unwrap_or(cfg.train.batch_size);
     let net = cfg.model_config()?;
-    let ad = bench.device.clone().autodiff();
     match &cfg.highres {
         None => {
             let step = bench.train(&net, micro, micro)?;
@@ -338,6 +337,7 @@ pub fn warmup(bench: &Bench, cfg: &RunConfig) -> Result<[CaseResult; 2]> {
         }
         Some(h) => {
             let sr = cfg.highres_config()?;
+            let ad = bench.device.clone().autodiff();
             let trained = PrditSr::on_base(&sr, Prdit::init(&net, 0, &ad)?, 0, &ad)?;
             let trained = if h.finetune_base { trained.finetune_base() } else { trained.freeze_base() };
             let step = bench.train_network(trained, micro, micro)?;

@@ -673,7 +673,7 @@ fn bench_cmd(spec: DeviceSpec, args: &BenchArgs, started: std::time::Instant) ->
     println!(
         "attention: the backend's own forward; training's backward recomputes the scores in blocks of {rows} \
          query rows ({:.2} GiB each at batch {b}) and keeps none",
-        (b * heads * rows * tokens * 4) as f64 / (1u64 << 30) as f64
+        prdit::model::attention::block_bytes(b, heads, tokens, rows) as f64 / (1u64 << 30) as f64
     );
     for line in prdit::bench::CaseResult::header() {
         println!("{line}");

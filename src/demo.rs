@@ -154,16 +154,13 @@ pub fn run(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<DemoOutcome>
 /// newest (an earlier, shorter demo), so that the demo re-runs in place; returns what it did.
 /// Samples of the same checkpoint stay (a re-run keeps them).
 fn clear_stale_samples(samples: &Path, run: &Path) -> Result<Option<String>> {
-    let manifest_path = samples.join("manifest.json");
     if !samples.exists() {
         return Ok(None);
     }
     let model = resolve_model(run, Weights::Ema, Pick::Newest)?;
     let current = sha256_file(model.file())?;
-    let recorded = std::fs::read_to_string(&manifest_path)
-        .ok()
-        .and_then(|text| serde_json::from_str::<Manifest>(&text).ok())
-        .map(|m| m.source.sha256);
+    // An unreadable manifest counts as another checkpoint's: the folder is the demo's own.
+    let recorded = Manifest::read(&samples.join("manifest.json")).ok().map(|m| m.source.sha256);
     if recorded.as_deref() == Some(current.as_str()) {
         return Ok(None);
     }

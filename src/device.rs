@@ -174,29 +174,26 @@ pub fn configure_kernel_cache(
     #[cfg(feature = "cuda")]
     {
         use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
-        let explicit = asked.is_some();
-        let dir = asked.or_else(|| {
-            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/prdit/cubecl"))
-        });
+        // The asked-for folder exists (made above); the default one is made here, best effort.
+        let default = || {
+            let d = std::path::PathBuf::from(std::env::var_os("HOME")?).join(".cache/prdit/cubecl");
+            match std::fs::create_dir_all(&d) {
+                Ok(()) => Some(d),
+                Err(e) => {
+                    tracing::warn!("no kernel cache: {}: {e}", d.display());
+                    None
+                }
+            }
+        };
+        let used = if enabled { asked.or_else(default) } else { None };
         let mut cfg = CubeClRuntimeConfig::from_current_dir().override_from_env();
         cfg.compilation.cache = enabled;
         if !enabled {
             cfg.autotune.disable_cache = true;
         }
-        let used = match dir {
-            Some(d) if enabled => match std::fs::create_dir_all(&d) {
-                Ok(()) => {
-                    cfg.environment.path = CacheConfig::Directory(d.clone());
-                    Some(d)
-                }
-                Err(e) if !explicit => {
-                    tracing::warn!("no kernel cache: {}: {e}", d.display());
-                    None
-                }
-                Err(e) => return Err(Error::io(&d, e)),
-            },
-            _ => None,
-        };
+        if let Some(d) = &used {
+            cfg.environment.path = CacheConfig::Directory(d.clone());
+        }
         CubeClRuntimeConfig::set(cfg);
         let _ = KERNEL_CACHE.set(used.clone());
         Ok(used)

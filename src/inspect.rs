@@ -85,7 +85,7 @@ pub fn report(cfg: &PrditConfig, batch: usize) -> Report {
     };
     let p = cfg.param_counts();
     let rows = crate::model::attention::block_rows(batch, cfg.num_heads, n as usize);
-    let block = (batch * cfg.num_heads * rows) as u64 * n * 4;
+    let block = crate::model::attention::block_bytes(batch, cfg.num_heads, n as usize, rows);
     // Weights of the model and of its EMA copy, and gradients and two moments of what trains.
     let state = |total: usize, trained: usize| 4 * (2 * total as u64 + 3 * trained as u64);
     let peak = |total: usize, trained: usize, per_volume: u64| {
@@ -261,6 +261,9 @@ pub struct InspectOptions {
 /// `device` selects (called only then).
 pub fn inspect(opts: &InspectOptions, device: impl FnOnce() -> Result<Selected>) -> Result<Inspection> {
     let resolved = opts.weights.as_ref().map(|w| resolve_model(w, Weights::Ema, Pick::Newest)).transpose()?;
+    if let Some(r) = &resolved {
+        r.check_entry(opts.entry)?;
+    }
     let embedded = match &resolved {
         Some(r) if r.is_prdit() => Some(checkpoint::read_config::<Prdit>(r.file())?),
         _ => None,
@@ -290,15 +293,6 @@ pub fn inspect(opts: &InspectOptions, device: impl FnOnce() -> Result<Selected>)
             let entry = sd.entry().map(|e| format!(", entry `{e}`")).unwrap_or_default();
             let contents = format!("{} tensors{entry}", sd.len());
             (weights::prdit_from_state_dict(&cfg, &sd, &selected.device)?, contents)
-        }
-        _ if opts.entry != Entry::Auto => {
-            return Err(Error::invalid(
-                "entry",
-                format!(
-                    "{} is a prdit model file: an entry is chosen only in an official full checkpoint",
-                    file.display()
-                ),
-            ));
         }
         _ => (
             checkpoint::load_expecting::<Prdit>(file, &cfg, &selected.device)?,

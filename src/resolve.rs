@@ -82,6 +82,21 @@ impl ModelRef {
         !matches!(self, ModelRef::Official { .. })
     }
 
+    /// Refuses an `entry` other than `auto` for a prdit model file: entries exist only in
+    /// official full checkpoints.
+    pub fn check_entry(&self, entry: weights::Entry) -> Result<()> {
+        if self.is_prdit() && entry != weights::Entry::Auto {
+            return Err(Error::invalid(
+                "entry",
+                format!(
+                    "{} is a prdit model file: an entry is chosen only in an official full checkpoint",
+                    self.file().display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The run directory the weights come from, when it records its data (`data.json`):
     /// `RUN` of `RUN/checkpoints/step-N` or of a file `RUN/checkpoints/step-N/ema.bpk`.
     pub fn run_dir(&self) -> Option<PathBuf> {

@@ -331,6 +331,14 @@ fn cli_name(value: &impl clap::ValueEnum) -> String {
     value.to_possible_value().expect("no value is hidden").get_name().to_string()
 }
 
+impl Manifest {
+    /// Reads a `manifest.json`; an unreadable one is an error naming it.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::data(path, format!("unreadable manifest: {e}")))
+    }
+}
+
 /// Writes `manifest` to `path` atomically.
 fn write_manifest(path: &Path, manifest: &Manifest) -> Result<()> {
     write_atomic(path, serde_json::to_string_pretty(manifest).expect("serialises").as_bytes())
@@ -397,9 +405,7 @@ pub fn run<N: Network>(
         volumes: Vec::new(),
     };
     if manifest_path.is_file() {
-        let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
-        let old: Manifest = serde_json::from_str(&text)
-            .map_err(|e| Error::data(&manifest_path, format!("unreadable manifest: {e}")))?;
+        let old = Manifest::read(&manifest_path)?;
         let same = old.source.sha256 == manifest.source.sha256
             && old.options.steps == opts.steps
             && old.options.sampler == opts.sampler
@@ -620,25 +626,16 @@ pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
         }
     };
     let model = resolve_model(&job.model, job.weights, Pick::Newest)?;
-    if !matches!(model, ModelRef::Official { .. }) {
-        let file = model.file().display();
-        if job.network.is_some() {
-            return Err(Error::invalid(
-                "model",
-                format!(
-                    "{file} is a prdit model file, which records its network: the network (and its size) is given only for an official weights file"
-                ),
-            ));
-        }
-        if job.entry != Entry::Auto {
-            return Err(Error::invalid(
-                "entry",
-                format!(
-                    "{file} is a prdit model file: an entry is chosen only in an official full checkpoint"
-                ),
-            ));
-        }
+    if model.is_prdit() && job.network.is_some() {
+        return Err(Error::invalid(
+            "model",
+            format!(
+                "{} is a prdit model file, which records its network: the network (and its size) is given only for an official weights file",
+                model.file().display()
+            ),
+        ));
     }
+    model.check_entry(job.entry)?;
     // A run that records its data must have a readable record: a corrupt `data.json` is an
     // error naming it, never volumes written with default spacing, orientation and range.
     let info = model.run_dir().map(|r| DataInfo::load(&r)).transpose()?;

@@ -536,8 +536,8 @@ fn rle_and_jpeg_dicom_series_read_into_the_same_hu() {
         jpeg.data[i],
         reference[i]
     );
-    // The anatomy is where it was put: bone (> 500 HU) posterior (j > 20), lung (< −600 HU)
-    // inside the body on both sides (i < 20 and i ≥ 20).
+    // The anatomy is where it was put: bone (> 500 HU) posterior (past the middle row), lung
+    // (< −600 HU) inside the body on both sides of the middle column.
     let at = |v: &Volume, range: std::ops::Range<f32>| -> Vec<[usize; 3]> {
         let mut out = Vec::new();
         for a in 0..dims[0] {
@@ -552,9 +552,13 @@ fn rle_and_jpeg_dicom_series_read_into_the_same_hu() {
         out
     };
     let bone = at(&uncompressed, 500.0..2000.0);
-    assert!(!bone.is_empty() && bone.iter().all(|p| p[1] > 20), "bone at {bone:?}");
+    assert!(!bone.is_empty() && bone.iter().all(|p| p[1] > dims[1] / 2), "bone at {bone:?}");
     let lung = at(&uncompressed, -900.0..-600.0);
-    assert!(lung.iter().any(|p| p[0] < 20) && lung.iter().any(|p| p[0] >= 20), "{} lung voxels", lung.len());
+    assert!(
+        lung.iter().any(|p| p[0] < dims[0] / 2) && lung.iter().any(|p| p[0] >= dims[0] / 2),
+        "{} lung voxels",
+        lung.len()
+    );
 }
 
 /// `prepare --recipe generic` on the three encodings of one series: the RLE volume equals the
@@ -567,9 +571,13 @@ fn rle_and_jpeg_dicom_series_prepare_like_uncompressed() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("prepared");
     let inputs: Vec<PathBuf> = kinds.iter().map(|k| dir.join(k)).collect();
-    // 40 × 40 × 6 voxels padded with air to the largest extent (40): no resampling.
+    // The series (40 × 40 × 6 in the shipped fixture) padded with air to its largest extent,
+    // written at that size: no resampling.
+    let dims: [usize; 3] = std::array::from_fn(|i| meta["dims"][i].as_u64().unwrap() as usize);
+    let edge = *dims.iter().max().unwrap();
+    let size = edge.to_string();
     let mut args =
-        vec!["prepare", "--recipe", "generic", "--size", "40", "--out", out.to_str().unwrap(), "--input"];
+        vec!["prepare", "--recipe", "generic", "--size", &size, "--out", out.to_str().unwrap(), "--input"];
     args.extend(inputs.iter().map(|p| p.to_str().unwrap()));
     let stdout = ok(&prdit(&args, &[]));
     let m = manifest(&out);
@@ -590,7 +598,7 @@ fn rle_and_jpeg_dicom_series_prepare_like_uncompressed() {
         assert_eq!(r["series_uid"], meta["series_uids"][kind], "{kind}");
         assert_eq!(r["orientation_in"], "LPS", "{kind}");
         assert_eq!(as_vec(&r["shape_in"]), as_vec(&meta["dims"]), "{kind}");
-        assert_eq!(as_vec(&r["shape_out"]), [40.0; 3], "{kind}");
+        assert_eq!(as_vec(&r["shape_out"]), [edge as f64; 3], "{kind}");
         for (key, want) in [("spacing_in_mm", &meta["spacing_mm"]), ("spacing_out_mm", &meta["spacing_mm"])] {
             let (got, want) = (as_vec(&r[key]), as_vec(want));
             assert!(
@@ -607,19 +615,22 @@ fn rle_and_jpeg_dicom_series_prepare_like_uncompressed() {
         );
         assert!(r["stats_hu"]["lung_fraction"].as_f64().unwrap() > 0.0, "{kind}: {}", r["stats_hu"]);
         let v = read_volume(&out.join(format!("{kind}.nii.gz"))).unwrap();
-        assert_eq!(v.dims, [40; 3], "{kind}");
+        assert_eq!(v.dims, [edge; 3], "{kind}");
         prepared.insert(kind, v);
     }
-    // The uncompressed volume is the reference HU, padded with air along k (6 slices centred in
-    // 40: k = 17..23) and windowed [−1000, 1000] → [−1, 1].
+    // The uncompressed volume is the reference HU, centred in the padded cube (prepare's
+    // crop_or_pad: source index = output index + ⌊(extent − edge) / 2⌋) and windowed
+    // [−1000, 1000] → [−1, 1].
     let reference = read_f32(&dir.join("hu_reference.f32"));
     let u = &prepared["uncompressed"];
+    let shift: [usize; 3] = std::array::from_fn(|k| (edge - dims[k]).div_ceil(2));
     let mut want = vec![-1.0f32; u.data.len()];
-    for a in 0..40 {
-        for b in 0..40 {
-            for c in 0..6 {
-                let hu = reference[(a * 40 + b) * 6 + c];
-                want[u.index(a, b, 17 + c)] = (hu.clamp(-1000.0, 1000.0) + 1000.0) * (2.0 / 2000.0) - 1.0;
+    for a in 0..dims[0] {
+        for b in 0..dims[1] {
+            for c in 0..dims[2] {
+                let hu = reference[(a * dims[1] + b) * dims[2] + c];
+                want[u.index(a + shift[0], b + shift[1], c + shift[2])] =
+                    (hu.clamp(-1000.0, 1000.0) + 1000.0) * (2.0 / 2000.0) - 1.0;
             }
         }
     }

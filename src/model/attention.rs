@@ -36,9 +36,14 @@ pub const ROW_MULTIPLE: usize = 16;
 /// multiple of [`ROW_MULTIPLE`] whose `[batch, heads, rows, tokens]` float32 block fits in
 /// [`BLOCK_BYTES`], between one multiple and all `tokens` rows.
 pub fn block_rows(batch: usize, heads: usize, tokens: usize) -> usize {
-    let per_row = (batch * heads * tokens * 4).max(1);
+    let per_row = block_bytes(batch, heads, tokens, 1).max(1) as usize;
     let rows = (BLOCK_BYTES / per_row) / ROW_MULTIPLE * ROW_MULTIPLE;
     rows.max(ROW_MULTIPLE).min(tokens.max(1))
+}
+
+/// Bytes of one `[batch, heads, rows, tokens]` float32 block of the backward.
+pub fn block_bytes(batch: usize, heads: usize, tokens: usize, rows: usize) -> u64 {
+    (batch * heads * rows * tokens * 4) as u64
 }
 
 /// softmax(q kᵀ/√d) v over `[batch, heads, tokens, head_dim]`, differentiable with a backward
@@ -53,8 +58,13 @@ pub trait BlockedAttention: Backend {
         rows: usize,
     ) -> FloatTensor<Self> {
         let _ = rows;
-        Self::attention(q, k, v, None, None, AttentionModuleOptions::default())
+        backend_attention::<Self>(q, k, v)
     }
+}
+
+/// softmax(q kᵀ/√d)·v by the backend's own attention.
+fn backend_attention<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTensor<B>) -> FloatTensor<B> {
+    B::attention(q, k, v, None, None, AttentionModuleOptions::default())
 }
 
 impl BlockedAttention for burn::backend::Flex {}
@@ -93,22 +103,14 @@ impl<B: Backend, C: CheckpointStrategy> BlockedAttention for Autodiff<B, C> {
         v: FloatTensor<Self>,
         rows: usize,
     ) -> FloatTensor<Self> {
-        let opts = AttentionModuleOptions::default();
-        match BlockedAttentionBackward.prepare::<C>([q.node(), k.node(), v.node()]).compute_bound().stateful()
-        {
+        let prep = BlockedAttentionBackward.prepare::<C>([q.node(), k.node(), v.node()]);
+        let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
+        match prep.compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
-                let out = B::attention(q.clone(), k.clone(), v.clone(), None, None, opts);
+                let out = backend_attention::<B>(q.clone(), k.clone(), v.clone());
                 prep.finish((q, k, v, out.clone(), rows), out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::attention(
-                q.into_primitive(),
-                k.into_primitive(),
-                v.into_primitive(),
-                None,
-                None,
-                opts,
-            )),
+            OpsKind::UnTracked(prep) => prep.finish(backend_attention::<B>(q, k, v)),
         }
     }
 }

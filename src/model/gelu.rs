@@ -26,13 +26,18 @@ fn inner<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     B::float_mul_scalar(B::float_mul(p, x), C.into())
 }
 
+/// `x·σ(u)` on the backend.
+fn gelu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let s = B::sigmoid(inner::<B>(x.clone()));
+    B::float_mul(x, s)
+}
+
 /// The tanh GELU; under autodiff its backward recomputes from the input alone.
 #[backend_extension(Flex, Cube: cfg(any(feature = "cuda", feature = "wgpu")), Autodiff)]
 pub trait GeluTanh: Backend {
     /// `x·σ(c·(x + a·x³))`.
     fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let s = Self::sigmoid(inner::<Self>(x.clone()));
-        Self::float_mul(x, s)
+        gelu::<Self>(x)
     }
 }
 
@@ -68,14 +73,13 @@ impl<B: Backend> Backward<B, 1> for GeluTanhBackward {
 
 impl<B: Backend, CS: CheckpointStrategy> GeluTanh for Autodiff<B, CS> {
     fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let forward = |x: FloatTensor<B>| B::float_mul(x.clone(), B::sigmoid(inner::<B>(x)));
         match GeluTanhBackward.prepare::<CS>([x.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let x = x.into_primitive();
-                let out = forward(x.clone());
+                let out = gelu::<B>(x.clone());
                 prep.finish(x, out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(forward(x.into_primitive())),
+            OpsKind::UnTracked(prep) => prep.finish(gelu::<B>(x.into_primitive())),
         }
     }
 }
