@@ -70,11 +70,127 @@ pub struct CaseResult {
     pub volumes_per_s: f64,
     /// Most device memory the allocator held (backends that report it).
     pub peak_reserved_gib: Option<f64>,
+    /// The kernels of the first iteration and of the last one (CubeCL devices).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernels_first: Option<Kernels>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernels_last: Option<Kernels>,
     /// The official time for the same case, when the reference has it.
     pub official_ms: Option<f64>,
     pub official_peak_gib: Option<f64>,
     /// ms_median / official_ms.
     pub ratio: Option<f64>,
+}
+
+/// What one iteration launched on a CubeCL device (CUDA, wgpu): the numbers that set a cold
+/// start and the launch overhead of a step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Kernels {
+    /// Kernel launches, autotune's trial launches included.
+    pub launches: usize,
+    /// Distinct kernels launched.
+    pub distinct: usize,
+    /// Of those, launched for the first time in this process: each was compiled (or loaded
+    /// from the kernel cache) during this iteration.
+    pub new: usize,
+    /// Autotune decisions taken, each after timing its candidates (where recorded: `prdit
+    /// bench` and `prdit warmup` record them; a decision found in the kernel cache is none).
+    pub autotuned: Option<usize>,
+}
+
+impl std::fmt::Display for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} launches, {} distinct kernels ({} new)", self.launches, self.distinct, self.new)?;
+        match self.autotuned {
+            Some(n) => write!(f, ", {n} autotune decisions"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Counting kernels while an iteration runs.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod watch {
+    use std::collections::HashSet;
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use cubecl::launched::LaunchedKernels;
+    use cubecl::logging::{LaunchObservation, LaunchObserver};
+
+    use super::Kernels;
+
+    struct Count(AtomicUsize);
+
+    impl LaunchObserver for Count {
+        fn launched(&self, _kernel: &'static str) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every kernel this process has launched (hashes of CubeCL's stable kernel hashes).
+    fn seen() -> &'static Mutex<HashSet<u64>> {
+        static SEEN: OnceLock<Mutex<HashSet<u64>>> = OnceLock::new();
+        SEEN.get_or_init(Default::default)
+    }
+
+    /// Autotune decisions recorded so far.
+    fn decisions() -> Option<usize> {
+        let path = crate::device::autotune_log()?;
+        Some(std::fs::read_to_string(path).map_or(0, |t| t.lines().count()))
+    }
+
+    /// Installed for one iteration; everything launched meanwhile, on any device, counts.
+    pub struct Watch {
+        count: Arc<Count>,
+        _observation: LaunchObservation,
+        kernels: LaunchedKernels,
+        decisions: Option<usize>,
+    }
+
+    pub fn start() -> Watch {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        Watch {
+            _observation: LaunchObservation::new(count.clone()),
+            count,
+            kernels: LaunchedKernels::new(),
+            decisions: decisions(),
+        }
+    }
+
+    impl Watch {
+        pub fn finish(self) -> Kernels {
+            let launched = self.kernels.finish();
+            let mut seen = seen().lock().unwrap_or_else(|e| e.into_inner());
+            let new = launched
+                .iter()
+                .filter(|k| {
+                    let mut h = DefaultHasher::new();
+                    k.hash(&mut h);
+                    seen.insert(h.finish())
+                })
+                .count();
+            Kernels {
+                launches: self.count.0.load(Ordering::Relaxed),
+                distinct: launched.len(),
+                new,
+                autotuned: decisions().zip(self.decisions).map(|(now, before)| now - before),
+            }
+        }
+    }
+}
+
+/// `f()`, with the kernels it launched when `device` is a CubeCL device.
+fn counting<R>(device: &Device, f: impl FnOnce() -> R) -> (R, Option<Kernels>) {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    if device.identity().is_some() {
+        let w = watch::start();
+        let r = f();
+        return (r, Some(w.finish()));
+    }
+    let _ = device;
+    (f(), None)
 }
 
 /// (ms, peak GiB) of an official case.
@@ -137,24 +253,34 @@ impl Bench {
         mut f: impl FnMut() -> Result<R>,
     ) -> Result<CaseResult> {
         let mut peak = 0u64;
-        let mut once = || -> Result<f64> {
+        let mut once = || -> Result<(f64, Option<Kernels>)> {
             let t = Instant::now();
-            let r = catch_backend_panic(&case, &mut f)?;
-            self.device
-                .sync()
-                .map_err(|e| Error::failed(format!("{case}: the device sync"), format!("{e:?}")))?;
-            drop(r);
+            let (r, kernels) = counting(&self.device, || -> Result<()> {
+                let r = catch_backend_panic(&case, &mut f)?;
+                self.device
+                    .sync()
+                    .map_err(|e| Error::failed(format!("{case}: the device sync"), format!("{e:?}")))?;
+                drop(r);
+                Ok(())
+            });
+            r?;
             if let Some(u) = self.device.memory_pool_usage() {
                 peak = peak.max(u.bytes_reserved);
             }
-            Ok(t.elapsed().as_secs_f64() * 1e3)
+            Ok((t.elapsed().as_secs_f64() * 1e3, kernels))
         };
-        let ms_first = once()?;
+        let (ms_first, kernels_first) = once()?;
         let cold_start_s = Some(self.since.elapsed().as_secs_f64());
+        let mut kernels_last = None;
         for _ in 0..self.iterations.warmup {
-            once()?;
+            kernels_last = once()?.1;
         }
-        let mut times: Vec<f64> = (0..self.iterations.timed).map(|_| once()).collect::<Result<_>>()?;
+        let mut times = Vec::new();
+        for _ in 0..self.iterations.timed {
+            let (ms, k) = once()?;
+            times.push(ms);
+            kernels_last = k;
+        }
         times.sort_by(f64::total_cmp);
         let (ms_median, ms_min) =
             if times.is_empty() { (ms_first, ms_first) } else { (times[times.len() / 2], times[0]) };
@@ -167,6 +293,8 @@ impl Bench {
             ms_min,
             volumes_per_s: volumes as f64 / (ms_median / 1e3),
             peak_reserved_gib: (peak > 0).then(|| peak as f64 / (1u64 << 30) as f64),
+            kernels_first,
+            kernels_last,
             official_ms: reference.map(|r| r.0),
             official_peak_gib: reference.map(|r| r.1),
             ratio: reference.map(|r| ms_median / r.0),

@@ -48,6 +48,10 @@ pub struct KernelCacheArgs {
     /// Compile and autotune GPU kernels afresh, without reading or writing the cache.
     #[arg(long)]
     no_kernel_cache: bool,
+    /// A kernel bundle (`prdit warmup --export-bundle`) to add to the cache before the run:
+    /// autotune decisions made on the same GPU model elsewhere (default $PRDIT_KERNEL_BUNDLE).
+    #[arg(long)]
+    kernel_bundle: Option<PathBuf>,
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
@@ -105,6 +109,13 @@ pub enum Command {
     /// Compile (and autotune) the GPU kernels of a run's shapes into the persistent cache.
     #[command(after_help = "Example:\n  prdit --device cuda warmup --config configs/lidc-global.toml")]
     Warmup(WarmupArgs),
+    /// Write the kernel cache (autotune decisions; compiled kernels where the backend keeps
+    /// them) to a bundle file, which `--kernel-bundle` adds to the cache of another machine with
+    /// the same GPU and prdit version.
+    #[command(
+        after_help = "Example:\n  prdit --device cuda warmup --config configs/lidc-global.toml\n  prdit export-kernels --out h100.bundle --name \"H100, prdit 0.1\""
+    )]
+    ExportKernels(ExportKernelsArgs),
     /// Sizes of a model: parameters per stage, token grid, activation memory per volume;
     /// with --weights, also load a weights file strictly and report what it holds.
     #[command(
@@ -332,6 +343,22 @@ pub struct WarmupArgs {
     /// The run configuration whose shapes to compile.
     #[arg(long)]
     config: PathBuf,
+    /// Then write the kernel cache (autotune decisions, and compiled kernels where the backend
+    /// keeps them) to this bundle file, for `--kernel-bundle` on machines with the same GPU.
+    #[arg(long)]
+    export_bundle: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ExportKernelsArgs {
+    #[command(flatten)]
+    gpu: KernelCacheArgs,
+    /// The bundle file to write (replaced once complete).
+    #[arg(long)]
+    out: PathBuf,
+    /// The name the bundle carries.
+    #[arg(long, default_value = "prdit kernels")]
+    name: String,
 }
 
 #[derive(Args)]
@@ -440,15 +467,25 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::EvalFid(a) => a.gpu.clone(),
         Command::Bench(a) => a.gpu.clone(),
         Command::Warmup(a) => a.gpu.clone(),
+        Command::ExportKernels(a) => a.gpu.clone(),
         Command::Demo(a) => a.gpu.clone(),
         _ => KernelCacheArgs::default(),
     };
-    if let Some(dir) = device::configure_kernel_cache(cache.kernel_cache, !cache.no_kernel_cache)
-        .context("the kernel cache (--kernel-cache or PRDIT_KERNEL_CACHE)")?
+    // The benchmarks count autotune decisions: CubeCL records them in a file of this process's.
+    let autotune_log = matches!(cli.command, Command::Bench(_) | Command::Warmup(_))
+        .then(|| std::env::temp_dir().join(format!("prdit-autotune-{}.jsonl", std::process::id())));
+    if let Some(dir) =
+        device::configure_kernel_cache(cache.kernel_cache, !cache.no_kernel_cache, autotune_log)
+            .context("the kernel cache (--kernel-cache or PRDIT_KERNEL_CACHE)")?
     {
         tracing::debug!("kernel cache: {}", dir.display());
     }
-    match cli.command {
+    let bundle = cache.kernel_bundle.or_else(|| std::env::var_os("PRDIT_KERNEL_BUNDLE").map(PathBuf::from));
+    if let Some(file) = bundle.filter(|f| !cache.no_kernel_cache && !f.as_os_str().is_empty()) {
+        let report = device::import_kernel_bundle(&file)?;
+        tracing::info!("kernel bundle {}: {report}", file.display());
+    }
+    let result = match cli.command {
         Command::TrainLocal(args) => train_cmd(cli.device, Stage::Local, args, None, cli.quiet).map(|_| ()),
         Command::TrainGlobal(args) => {
             train_cmd(cli.device, Stage::Global, args.common, args.local, cli.quiet).map(|_| ())
@@ -461,11 +498,20 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::EvalDiversity(args) => eval_diversity_cmd(&args),
         Command::Bench(args) => bench_cmd(cli.device, &args, started),
         Command::Warmup(args) => warmup_cmd(cli.device, &args, started),
+        Command::ExportKernels(args) => {
+            let n = device::export_kernel_bundle(&args.out, &args.name)?;
+            println!("{n} entries written to {}", args.out.display());
+            Ok(())
+        }
         Command::Prepare(args) => prepare_cmd(&args, cli.quiet),
         Command::Phantom(args) => phantom_cmd(&args),
         Command::Demo(args) => demo_cmd(cli.device, &args, cli.quiet),
         Command::Inspect(args) => inspect_cmd(cli.device, args),
+    };
+    if let Some(log) = device::autotune_log() {
+        let _ = std::fs::remove_file(log);
     }
+    result
 }
 
 fn device_for(spec: DeviceSpec) -> Result<burn::tensor::Device> {
@@ -683,6 +729,9 @@ fn bench_cmd(spec: DeviceSpec, args: &BenchArgs, started: std::time::Instant) ->
         if let Some(cold) = r.cold_start_s {
             println!("  cold start: {cold:.1} s from process start to the end of this first step");
         }
+        if let (Some(first), Some(last)) = (r.kernels_first, r.kernels_last) {
+            println!("  kernels: first iteration {first}; last {last}");
+        }
         if r.case.starts_with("pc-step ") {
             println!("  → {:.1} s per volume at 1000 steps", prdit::bench::seconds_per_volume_1000(r));
         }
@@ -712,8 +761,13 @@ fn warmup_cmd(spec: DeviceSpec, args: &WarmupArgs, started: std::time::Instant) 
     );
     println!("{}: {:.1} s", pc.case, pc.ms_first / 1e3);
     match (device::kernel_cache(), selected.name.starts_with("cuda")) {
-        (Some(dir), true) => println!("kernels cached in {}", dir.display()),
-        _ => println!("(no persistent kernel cache on this backend)"),
+        (Some(dir), true) => println!("kernels and autotune decisions cached in {}", dir.display()),
+        (Some(dir), false) => println!("autotune decisions cached in {}", dir.display()),
+        _ => println!("(no persistent kernel cache)"),
+    }
+    if let Some(out) = &args.export_bundle {
+        let n = device::export_kernel_bundle(out, &selected.name)?;
+        println!("{n} entries written to the kernel bundle {}", out.display());
     }
     Ok(())
 }

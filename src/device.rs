@@ -135,11 +135,17 @@ pub fn select(spec: DeviceSpec) -> Result<Selected> {
         DeviceSpec::Wgpu => {
             #[cfg(feature = "wgpu")]
             {
-                Ok(Selected {
-                    device: Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
-                    name: "wgpu".into(),
-                    notice: None,
-                })
+                let adapters = wgpu_adapters();
+                if adapters.is_empty() {
+                    return Err(err(
+                        "no WebGPU adapter: no Vulkan (or OpenGL) driver found. Without a GPU, Mesa's \
+                         lavapipe serves (Debian: apt-get install mesa-vulkan-drivers libvulkan1)"
+                            .into(),
+                    ));
+                }
+                let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+                let name = describe(&device);
+                Ok(Selected { device, name: format!("wgpu: {name}"), notice: None })
             }
             #[cfg(not(feature = "wgpu"))]
             {
@@ -151,6 +157,83 @@ pub fn select(spec: DeviceSpec) -> Result<Selected> {
     }
 }
 
+/// One adapter the graphics APIs offer, as wgpu reports it.
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    /// The graphics API: `Vulkan`, `Gl`, `Metal`, `Dx12`.
+    pub api: String,
+    pub name: String,
+    /// `Cpu` for a software rasterizer (lavapipe), else the kind of GPU.
+    pub kind: String,
+    pub driver: String,
+}
+
+/// Every adapter of the graphics APIs this build has, in the order CubeCL tries the APIs
+/// (Vulkan, DirectX 12, OpenGL; Metal on macOS). Opens no device.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_adapters() -> Vec<Adapter> {
+    let apis = if cfg!(target_os = "macos") {
+        vec![wgpu::Backend::Metal]
+    } else {
+        vec![wgpu::Backend::Vulkan, wgpu::Backend::Dx12, wgpu::Backend::Gl]
+    };
+    let mut found = Vec::new();
+    for api in apis {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: api.into(),
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        for adapter in block_on(instance.enumerate_adapters(api.into())) {
+            let info = adapter.get_info();
+            found.push(Adapter {
+                api: format!("{:?}", info.backend),
+                name: info.name,
+                kind: format!("{:?}", info.device_type),
+                driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            });
+        }
+    }
+    found
+}
+
+/// A future that is ready without waiting on anything (wgpu's native enumeration), run to
+/// completion on this thread.
+#[cfg(feature = "wgpu")]
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// What a CubeCL device runs on, for logs and test output: the adapter's name, and for wgpu
+/// the graphics API and kind that adapter has (`llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan,
+/// Cpu, llvmpipe Mesa 25.0.7…)`). Opens the device; `cpu` for the CPU backend.
+pub fn describe(device: &Device) -> String {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    if let Some(identity) = device.identity() {
+        #[cfg(feature = "wgpu")]
+        if let Some(a) = wgpu_adapters().into_iter().find(|a| a.name == identity.name) {
+            return format!("{} ({}, {}, {})", a.name, a.api, a.kind, a.driver);
+        }
+        return identity.name;
+    }
+    let _ = device;
+    "cpu".into()
+}
+
+static AUTOTUNE_LOG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// The file CubeCL writes its autotune decisions to (one JSON line each), when
+/// [`configure_kernel_cache`] was asked to record them.
+pub fn autotune_log() -> Option<std::path::PathBuf> {
+    AUTOTUNE_LOG.get().cloned()
+}
+
 static KERNEL_CACHE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
 
 /// The kernel cache folder set by [`configure_kernel_cache`], if any.
@@ -160,18 +243,22 @@ pub fn kernel_cache() -> Option<std::path::PathBuf> {
 
 /// Where compiled GPU kernels and autotune results persist between runs: `dir`, else
 /// `$PRDIT_KERNEL_CACHE`, else `~/.cache/prdit/cubecl`. Must run before the first device
-/// is used; without CUDA in the build it does nothing. Returns the folder in use. A folder
+/// is used; without a CubeCL backend (CUDA, wgpu) in the build it does nothing. Returns the folder in use. A folder
 /// that was asked for (`dir` or the variable) and cannot be created is an error naming it;
 /// the default one is skipped with a warning (kernels then compile afresh in each process).
+///
+/// `autotune_log`: a file (emptied here) where CubeCL records each autotune decision, which
+/// the benchmarks count ([`autotune_log`]).
 pub fn configure_kernel_cache(
     dir: Option<std::path::PathBuf>,
     enabled: bool,
+    autotune_log: Option<std::path::PathBuf>,
 ) -> Result<Option<std::path::PathBuf>> {
     let asked = dir.or_else(|| std::env::var_os("PRDIT_KERNEL_CACHE").map(std::path::PathBuf::from));
     if enabled && let Some(d) = &asked {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
     }
-    #[cfg(feature = "cuda")]
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
     {
         use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
         // The asked-for folder exists (made above); the default one is made here, best effort.
@@ -194,13 +281,89 @@ pub fn configure_kernel_cache(
         if let Some(d) = &used {
             cfg.environment.path = CacheConfig::Directory(d.clone());
         }
+        // Where kernels are slow to compile and time (a software GPU: lavapipe), fewer samples
+        // per autotune candidate; the choice is still the measured fastest.
+        if let Some(n) = std::env::var("PRDIT_AUTOTUNE_SAMPLES").ok().and_then(|v| v.parse::<usize>().ok()) {
+            cfg.autotune.bench.min_samples = n.max(1);
+            cfg.autotune.bench.max_samples = n.max(1);
+            cfg.autotune.bench.adaptive = false;
+        }
+        if let Some(log) = autotune_log {
+            // CubeCL appends; start empty so that the lines are this process's decisions.
+            match std::fs::remove_file(&log) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&log, e)),
+                _ => {}
+            }
+            cfg.autotune.decisions.file = Some(log.clone());
+            let _ = AUTOTUNE_LOG.set(log);
+        }
         CubeClRuntimeConfig::set(cfg);
         let _ = KERNEL_CACHE.set(used.clone());
         Ok(used)
     }
-    #[cfg(not(feature = "cuda"))]
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
     {
+        let _ = autotune_log;
         Ok(None)
+    }
+}
+
+/// Adds the entries of a kernel bundle (CubeCL's format for shipping warm caches: autotune
+/// decisions, compiled kernels) to the kernel cache configured by [`configure_kernel_cache`].
+/// Insert-only: an entry the cache has is kept. Entries of another CubeCL version or another
+/// GPU are never looked up, so a bundle from elsewhere costs nothing but the import. Returns
+/// what was imported, for the log.
+pub fn import_kernel_bundle(file: &std::path::Path) -> Result<String> {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    {
+        if kernel_cache().is_none() {
+            return Err(Error::invalid("--kernel-bundle", "there is no kernel cache to import it into"));
+        }
+        if !file.is_file() {
+            return Err(Error::invalid("--kernel-bundle", format!("{}: no such file", file.display())));
+        }
+        let bundle = cubecl::bundle::open(file)
+            .map_err(|e| Error::failed(format!("the kernel bundle {}", file.display()), e.to_string()))?;
+        let r = cubecl::bundle::import(&*bundle);
+        if r.failed > 0 {
+            return Err(Error::failed(
+                format!("the kernel bundle {}", file.display()),
+                format!("{} of its entries could not be written into the kernel cache", r.failed),
+            ));
+        }
+        Ok(format!("{} entries imported, {} already in the cache", r.imported, r.skipped))
+    }
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    {
+        Err(Error::invalid("--kernel-bundle", format!("{}: this prdit has no GPU backend", file.display())))
+    }
+}
+
+/// Writes the kernel cache ([`configure_kernel_cache`]) to a bundle file named `name`, without
+/// CubeCL's records of how it was built. Returns the number of entries written.
+pub fn export_kernel_bundle(out: &std::path::Path, name: &str) -> Result<usize> {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    {
+        let dir = kernel_cache()
+            .ok_or_else(|| Error::invalid("--export-bundle", "there is no kernel cache to export"))?;
+        let options = cubecl::bundle::ExportOptions {
+            name: name.to_string(),
+            excluded_namespaces: vec!["records".into()],
+            ..Default::default()
+        };
+        cubecl::bundle::export(&[&dir], out, &options)
+            .map_err(|e| Error::failed(format!("the kernel bundle {}", out.display()), e.to_string()))?;
+        let bundle = cubecl::bundle::open(out)
+            .map_err(|e| Error::failed(format!("the kernel bundle {}", out.display()), e.to_string()))?;
+        let mut n = 0;
+        for ns in bundle.namespaces() {
+            bundle.scan(&ns, &mut |_, _| n += 1);
+        }
+        Ok(n)
+    }
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    {
+        Err(Error::invalid("--export-bundle", format!("{}: this prdit has no GPU backend", out.display())))
     }
 }
 

@@ -8,50 +8,20 @@ mod common;
 use std::collections::BTreeMap;
 
 use burn::tensor::Device;
+use common::checks::{self, formula_state_dict};
 use common::*;
 use prdit::eval::resnet::{ResNet3d, ResNetSpec, formula_weights};
 use prdit::eval::stats::{Features, MmdEstimator, fid, mmd};
 use prdit::weights::{Entry, HostTensor, StateDict};
-
-fn reference() -> BTreeMap<String, HostTensor> {
-    read_fixture(med3d_dir().join("med3d_reference.safetensors"))
-}
 
 fn metrics() -> serde_json::Value {
     let text = std::fs::read_to_string(med3d_dir().join("med3d_reference.json")).unwrap();
     serde_json::from_str::<serde_json::Value>(&text).unwrap()["metrics"].clone()
 }
 
-/// A state dict holding the formula weights of `spec` under MedicalNet's keys.
-fn formula_state_dict(spec: ResNetSpec, extra: &[(&str, HostTensor)]) -> StateDict {
-    let net = ResNet3d::with_formula_weights(spec, &Device::flex()).unwrap();
-    let mut t: BTreeMap<String, HostTensor> = net
-        .parameter_shapes()
-        .iter()
-        .map(|(k, s)| (k.clone(), HostTensor { shape: s.clone(), data: formula_weights(k, s) }))
-        .collect();
-    for (k, v) in extra {
-        t.insert(k.to_string(), v.clone());
-    }
-    StateDict::from_host("formula.pth", t)
-}
-
 #[test]
 fn resnet_features_match_the_official_network() {
-    let r = reference();
-    let device = Device::flex();
-    let input = tensor::<5>(&r["input"], &device);
-    for (depth, name) in [(10, "resnet10"), (50, "resnet50")] {
-        let spec = ResNetSpec { depth, shortcut: 'B' };
-        // Through the strict loader, as a real weights file goes.
-        let sd = formula_state_dict(spec, &[]);
-        assert_eq!(ResNetSpec::detect(&sd).unwrap(), spec);
-        let net = ResNet3d::from_state_dict(spec, &sd, &device).unwrap();
-        let layer1 = net.layer1(input.clone()).narrow(1, 0, 8);
-        assert_close(&format!("{name} layer1"), &host(layer1), &r[&format!("{name}.layer1")], 1e-4);
-        let features = net.forward(input.clone());
-        assert_close(&format!("{name} features"), &host(features), &r[&format!("{name}.features")], 1e-4);
-    }
+    checks::resnet_features_match_the_official_network(&Device::flex());
 }
 
 #[test]

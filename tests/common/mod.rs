@@ -1,6 +1,7 @@
 //! Fixture access shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod checks;
 pub mod run;
 
 use std::collections::BTreeMap;
@@ -149,4 +150,50 @@ pub fn read_meta() -> Meta {
     config.validate().expect("fixture configuration is valid");
     let t = v["t"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as usize).collect();
     Meta { config, batch: v["batch"].as_u64().unwrap() as usize, t, loss: v["loss"].as_f64().unwrap() }
+}
+
+/// The GPU-path device, as `--device` names it: `PRDIT_GPU_DEVICE`, else `wgpu`
+/// (`scripts/test-gpu-path-cuda.sh` sets `cuda`).
+pub fn gpu_spec() -> String {
+    std::env::var("PRDIT_GPU_DEVICE").unwrap_or_else(|_| "wgpu".into())
+}
+
+/// The GPU-path device: Burn's wgpu backend (the CubeCL kernels the CUDA backend runs, up to
+/// code generation) on the adapter `--device wgpu` picks, or the device `PRDIT_GPU_DEVICE`
+/// names, with the kernel cache of the command line (`PRDIT_KERNEL_CACHE`, else
+/// `~/.cache/prdit/cubecl`) so that autotune results carry over between runs. Prints the
+/// adapter; `PRDIT_GPU_ADAPTER` (comma-separated) names what its description must contain,
+/// e.g. `llvmpipe,Vulkan` in CI, where an OpenGL fallback would otherwise pass unnoticed.
+pub fn gpu() -> Device {
+    static DEVICE: std::sync::OnceLock<(Device, String)> = std::sync::OnceLock::new();
+    let (device, name) = DEVICE.get_or_init(|| {
+        prdit::device::configure_kernel_cache(None, true, None).unwrap_or_else(|e| panic!("{e}"));
+        if let Some(file) = std::env::var_os("PRDIT_KERNEL_BUNDLE").filter(|f| !f.is_empty()) {
+            let file = std::path::PathBuf::from(file);
+            let report = prdit::device::import_kernel_bundle(&file).unwrap_or_else(|e| panic!("{e}"));
+            eprintln!("kernel bundle {}: {report}", file.display());
+        }
+        let spec: prdit::device::DeviceSpec = gpu_spec().parse().unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !matches!(spec, prdit::device::DeviceSpec::Cpu | prdit::device::DeviceSpec::Auto),
+            "PRDIT_GPU_DEVICE names a GPU (wgpu, cuda, cuda:N), not {spec}"
+        );
+        let selected = prdit::device::select(spec).unwrap_or_else(|e| panic!("{e}"));
+        let name = if selected.name.starts_with("cuda") {
+            format!("{}: {}", selected.name, prdit::device::describe(&selected.device))
+        } else {
+            selected.name
+        };
+        if let Ok(want) = std::env::var("PRDIT_GPU_ADAPTER") {
+            for part in want.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                assert!(
+                    name.contains(part),
+                    "the GPU path ran on {name}, not on an adapter with `{part}` (PRDIT_GPU_ADAPTER={want})"
+                );
+            }
+        }
+        (selected.device, name)
+    });
+    eprintln!("GPU path on {name}");
+    device.clone()
 }

@@ -7,8 +7,15 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 pub fn prdit(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_prdit"));
-    cmd.args(["--device", "cpu", "--quiet"]).args(args);
+    prdit_on("cpu", args, envs)
+}
+
+/// The binary on `--device DEVICE`: the one cargo built with these tests, or `PRDIT_BIN` (a
+/// test binary carried to another machine, `scripts/test-gpu-path-cuda.sh`).
+pub fn prdit_on(device: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let bin = std::env::var_os("PRDIT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_prdit").into());
+    let mut cmd = Command::new(bin);
+    cmd.args(["--device", device, "--quiet"]).args(args);
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -78,7 +85,19 @@ pub fn losses(run: &Path) -> Vec<(u64, f64)> {
 }
 
 pub fn train(stage: &str, cfg: &Path, out: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Output {
+    train_on("cpu", stage, cfg, out, extra, envs)
+}
+
+/// [`train`] on `--device DEVICE`.
+pub fn train_on(
+    device: &str,
+    stage: &str,
+    cfg: &Path,
+    out: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Output {
     let mut args = vec![stage, "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()];
     args.extend_from_slice(extra);
-    prdit(&args, envs)
+    prdit_on(device, &args, envs)
 }
