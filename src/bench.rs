@@ -84,7 +84,7 @@ pub struct CaseResult {
 
 /// What one iteration launched on a CubeCL device (CUDA, wgpu): the numbers that set a cold
 /// start and the launch overhead of a step.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Kernels {
     /// Kernel launches, autotune's trial launches included.
     pub launches: usize,
@@ -96,6 +96,16 @@ pub struct Kernels {
     /// Autotune decisions taken, each after timing its candidates (where recorded: `prdit
     /// bench` and `prdit warmup` record them; a decision found in the kernel cache is none).
     pub autotuned: Option<usize>,
+    /// Launches per kernel (short type name, so variants of one kernel add up), most first.
+    pub by_kernel: Vec<(String, usize)>,
+}
+
+impl Kernels {
+    /// The `n` most launched kernels, `Name ×count, …`.
+    pub fn top(&self, n: usize) -> String {
+        let parts: Vec<String> = self.by_kernel.iter().take(n).map(|(k, c)| format!("{k} ×{c}")).collect();
+        parts.join(", ")
+    }
 }
 
 impl std::fmt::Display for Kernels {
@@ -111,7 +121,7 @@ impl std::fmt::Display for Kernels {
 /// Counting kernels while an iteration runs.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 mod watch {
-    use std::collections::HashSet;
+    use std::collections::{HashMap, HashSet};
     use std::hash::{DefaultHasher, Hash, Hasher};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex, OnceLock};
@@ -121,11 +131,16 @@ mod watch {
 
     use super::Kernels;
 
-    struct Count(AtomicUsize);
+    #[derive(Default)]
+    struct Count {
+        total: AtomicUsize,
+        by_kernel: Mutex<HashMap<&'static str, usize>>,
+    }
 
     impl LaunchObserver for Count {
-        fn launched(&self, _kernel: &'static str) {
-            self.0.fetch_add(1, Ordering::Relaxed);
+        fn launched(&self, kernel: &'static str) {
+            self.total.fetch_add(1, Ordering::Relaxed);
+            *self.by_kernel.lock().unwrap_or_else(|e| e.into_inner()).entry(kernel).or_default() += 1;
         }
     }
 
@@ -150,7 +165,7 @@ mod watch {
     }
 
     pub fn start() -> Watch {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let count = Arc::new(Count::default());
         Watch {
             _observation: LaunchObservation::new(count.clone()),
             count,
@@ -171,11 +186,19 @@ mod watch {
                     seen.insert(h.finish())
                 })
                 .count();
+            let mut by_kernel: HashMap<String, usize> = HashMap::new();
+            for (k, c) in self.count.by_kernel.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let name = cubecl::config::type_name_format(k, cubecl::config::TypeNameFormatLevel::Short);
+                *by_kernel.entry(name).or_default() += c;
+            }
+            let mut by_kernel: Vec<(String, usize)> = by_kernel.into_iter().collect();
+            by_kernel.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             Kernels {
-                launches: self.count.0.load(Ordering::Relaxed),
+                launches: self.count.total.load(Ordering::Relaxed),
                 distinct: launched.len(),
                 new,
                 autotuned: decisions().zip(self.decisions).map(|(now, before)| now - before),
+                by_kernel,
             }
         }
     }

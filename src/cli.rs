@@ -729,8 +729,9 @@ fn bench_cmd(spec: DeviceSpec, args: &BenchArgs, started: std::time::Instant) ->
         if let Some(cold) = r.cold_start_s {
             println!("  cold start: {cold:.1} s from process start to the end of this first step");
         }
-        if let (Some(first), Some(last)) = (r.kernels_first, r.kernels_last) {
+        if let (Some(first), Some(last)) = (&r.kernels_first, &r.kernels_last) {
             println!("  kernels: first iteration {first}; last {last}");
+            println!("  most launched in the last: {}", last.top(8));
         }
         if r.case.starts_with("pc-step ") {
             println!("  → {:.1} s per volume at 1000 steps", prdit::bench::seconds_per_volume_1000(r));

@@ -125,6 +125,28 @@ fn gpu_path_ddim_and_unipc_follow_the_exact_denoisers() {
     assert!(e1 < 1e-5 && e2 < 1e-5, "{e1:.2e} {e2:.2e}");
 }
 
+/// Loss and gradients on the GPU (`gpu`) against the CPU backend's (`cpu`): the loss to 1e-6,
+/// the same parameters with a gradient, each gradient to 2e-5 relative to its largest value.
+fn same_loss_and_gradients(what: &str, gpu: (f32, Gradients), cpu: (f32, Gradients)) {
+    let ((l_gpu, g_gpu), (l_cpu, g_cpu)) = (gpu, cpu);
+    let el = ((l_gpu - l_cpu) / l_cpu).abs();
+    eprintln!("{what} loss {l_gpu} vs {l_cpu} on the CPU ({el:.2e})");
+    assert!(el < 1e-6, "{what} loss: {el:.2e}");
+    assert_eq!(
+        g_gpu.keys().collect::<Vec<_>>(),
+        g_cpu.keys().collect::<Vec<_>>(),
+        "the same parameters train"
+    );
+    let worst = g_gpu
+        .iter()
+        .map(|(k, g)| (rel_err(&g.data, &g_cpu[k].data), k))
+        .fold((0.0, ""), |m, (e, k)| if e > m.0 { (e, k.as_str()) } else { m });
+    eprintln!("{} gradients; largest relative difference {:.2e} ({})", g_gpu.len(), worst.0, worst.1);
+    assert!(worst.0 < 2e-5, "{what}: {worst:?}");
+}
+
+type Gradients = std::collections::BTreeMap<String, prdit::weights::HostTensor>;
+
 /// Stage 1 (the local MLP denoiser alone, everything trainable): loss and every gradient equal
 /// the CPU backend's, for the parity model's stage 1 (its weights without the transformer). The
 /// official fixture's gradients are stage 2's
@@ -154,19 +176,9 @@ fn gpu_path_stage1_gradients_match_the_cpu_backend() {
         let grads = loss.total.backward();
         (value, export::gradients(&model, &grads).unwrap())
     };
-    let (l_gpu, g_gpu) = run(&gpu());
-    let (l_cpu, g_cpu) = run(&Device::flex());
-    let el = ((l_gpu - l_cpu) / l_cpu).abs();
-    eprintln!("stage-1 loss {l_gpu} vs {l_cpu} on the CPU ({el:.2e})");
-    assert!(el < 1e-6, "{el:.2e}");
-    assert_eq!(g_gpu.keys().collect::<Vec<_>>(), g_cpu.keys().collect::<Vec<_>>());
-    assert!(g_gpu.len() > 10, "every stage-1 parameter trains: {}", g_gpu.len());
-    let worst = g_gpu
-        .iter()
-        .map(|(k, g)| (rel_err(&g.data, &g_cpu[k].data), k))
-        .fold((0.0, ""), |m, (e, k)| if e > m.0 { (e, k.as_str()) } else { m });
-    eprintln!("{} gradients; largest relative difference {:.2e} ({})", g_gpu.len(), worst.0, worst.1);
-    assert!(worst.0 < 2e-5, "{worst:?}");
+    let (gpu, cpu) = (run(&gpu()), run(&Device::flex()));
+    assert!(gpu.1.len() > 10, "every stage-1 parameter trains: {}", gpu.1.len());
+    same_loss_and_gradients("stage-1", gpu, cpu);
 }
 
 /// The refinement model (stage 3, phase 3b: the base fine-tunes too): prediction, loss and
@@ -181,10 +193,10 @@ fn gpu_path_refinement_model_matches_the_cpu_backend() {
     let cfg =
         SrConfig { base, target_size: 16, sr_hidden_size: 48, sr_patch_size: 4, sr_stride: 2, sr_padding: 1 };
     cfg.validate().unwrap();
-    let x0 =
-        Tensor::<5>::random([2, 1, 16, 16, 16], Distribution::Normal(0.0, 0.5), &Device::flex()).into_data();
-    let noise =
-        Tensor::<5>::random([2, 1, 16, 16, 16], Distribution::Normal(0.0, 0.5), &Device::flex()).into_data();
+    let draw = |seed| {
+        SeededNoise::new(seed, NOISE_STD).draw([2, 1, 16, 16, 16], &Device::flex()).unwrap().into_data()
+    };
+    let (x0, noise) = (draw(1), draw(2));
     let run = |device: &Device| {
         let device = device.clone().autodiff();
         let base = Prdit::init_with_gain(&cfg.base, 3, 1.0, &device).unwrap();
@@ -195,28 +207,11 @@ fn gpu_path_refinement_model_matches_the_cpu_backend() {
         let loss = prdit::diffusion::training_loss(&model, x0, &[700, 40], noise);
         let value = host(loss.total.clone())[0];
         let grads = loss.total.backward();
-        (weights, value, export::gradients(&model, &grads).unwrap())
+        (weights, (value, export::gradients(&model, &grads).unwrap()))
     };
-    let (w_gpu, l_gpu, g_gpu) = run(&gpu());
-    let (w_cpu, l_cpu, g_cpu) = run(&Device::flex());
+    let ((w_gpu, gpu), (w_cpu, cpu)) = (run(&gpu()), run(&Device::flex()));
     assert_eq!(w_gpu, w_cpu, "the seeded initialisation is the same on both devices");
-    let el = ((l_gpu - l_cpu) / l_cpu).abs();
-    eprintln!("refinement loss {l_gpu} vs {l_cpu} on the CPU ({el:.2e})");
-    assert!(el < 1e-6, "{el:.2e}");
-    assert_eq!(
-        g_gpu.keys().collect::<Vec<_>>(),
-        g_cpu.keys().collect::<Vec<_>>(),
-        "the same parameters train"
-    );
-    let mut worst = (0f64, String::new());
-    for (k, g) in &g_gpu {
-        let e = rel_err(&g.data, &g_cpu[k].data);
-        if e > worst.0 {
-            worst = (e, k.clone());
-        }
-    }
-    eprintln!("{} gradients; largest relative difference {:.2e} ({})", g_gpu.len(), worst.0, worst.1);
-    assert!(worst.0 < 2e-5, "{worst:?}");
+    same_loss_and_gradients("refinement", gpu, cpu);
 }
 
 /// The command line on `--device wgpu`: `train-local` killed after a step and resumed equals an
