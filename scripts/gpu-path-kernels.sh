@@ -13,12 +13,7 @@ target="${CARGO_TARGET_DIR:-$HOME/.cache/prdit/target}"
 bin="${PRDIT:-$target/release/prdit}"
 out="${1:-gpu-kernels}"
 mkdir -p "$out"
-lvp=/usr/share/vulkan/icd.d/lvp_icd.json
-if [[ -z "${VK_DRIVER_FILES:-}" && -f $lvp ]] && ! compgen -G '/dev/dri/renderD*' >/dev/null; then
-    export VK_DRIVER_FILES=$lvp
-fi
-export CUBECL_AUTOTUNE_LEVEL="${CUBECL_AUTOTUNE_LEVEL:-minimal}"
-export PRDIT_AUTOTUNE_SAMPLES="${PRDIT_AUTOTUNE_SAMPLES:-1}"
+source scripts/lavapipe-env.sh
 for fusion in on off; do
     for case in "PRDiT-XS/12/4 32" "PRDiT-XS/12/4 64" "PRDiT-B/12/4 32"; do
         read -r model size <<<"$case"

@@ -9,23 +9,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/prdit/target}"
 
-lvp=/usr/share/vulkan/icd.d/lvp_icd.json
-if [[ -z "${VK_DRIVER_FILES:-}${VK_ICD_FILENAMES:-}" && -f $lvp ]] \
-    && ! compgen -G '/dev/dri/renderD*' >/dev/null && [[ ! -e /dev/nvidia0 ]]; then
-    # No GPU here: name lavapipe, so that the loader tries no other driver.
-    export VK_DRIVER_FILES=$lvp
-fi
-if [[ "${VK_DRIVER_FILES:-}" == "$lvp" ]]; then
+source scripts/lavapipe-env.sh
+if [[ "${VK_DRIVER_FILES:-}" == "$LAVAPIPE_ICD" ]]; then
     export PRDIT_GPU_ADAPTER="${PRDIT_GPU_ADAPTER-llvmpipe,Vulkan}"
     # The autotune decisions of these tests on lavapipe, so that a machine without a kernel
     # cache does not spend most of an hour timing candidates (docs/gpu-path.md); autotune still
     # runs for any key the bundle lacks. PRDIT_KERNEL_BUNDLE= (empty) goes without.
     export PRDIT_KERNEL_BUNDLE="${PRDIT_KERNEL_BUNDLE-$PWD/tests/fixtures/gpu-path/lavapipe.bundle}"
 fi
-# Autotune stays on, at CubeCL's minimal effort and one timing per candidate: on a software GPU
-# most of a cold run is spent compiling and timing candidates (docs/gpu-path.md).
-export CUBECL_AUTOTUNE_LEVEL="${CUBECL_AUTOTUNE_LEVEL:-minimal}"
-export PRDIT_AUTOTUNE_SAMPLES="${PRDIT_AUTOTUNE_SAMPLES:-1}"
 echo "GPU path: VK_DRIVER_FILES=${VK_DRIVER_FILES:-<loader default>} PRDIT_GPU_ADAPTER=${PRDIT_GPU_ADAPTER:-<any>}" \
     "PRDIT_KERNEL_BUNDLE=${PRDIT_KERNEL_BUNDLE:-<none>}"
 cargo test --release --locked --test gpu_path "$@" -- --ignored --test-threads 1 --nocapture

@@ -48,8 +48,9 @@ pub struct KernelCacheArgs {
     /// Compile and autotune GPU kernels afresh, without reading or writing the cache.
     #[arg(long)]
     no_kernel_cache: bool,
-    /// A kernel bundle (`prdit warmup --export-bundle`) to add to the cache before the run:
-    /// autotune decisions made on the same GPU model elsewhere (default $PRDIT_KERNEL_BUNDLE).
+    /// A kernel bundle (`prdit export-kernels`, `prdit warmup --export-bundle`) to add to the
+    /// cache before the run: autotune decisions made on the same GPU model elsewhere (default
+    /// $PRDIT_KERNEL_BUNDLE).
     #[arg(long)]
     kernel_bundle: Option<PathBuf>,
 }
@@ -480,9 +481,9 @@ pub fn run(cli: Cli) -> Result<()> {
     {
         tracing::debug!("kernel cache: {}", dir.display());
     }
-    let bundle = cache.kernel_bundle.or_else(|| std::env::var_os("PRDIT_KERNEL_BUNDLE").map(PathBuf::from));
-    if let Some(file) = bundle.filter(|f| !cache.no_kernel_cache && !f.as_os_str().is_empty()) {
-        let report = device::import_kernel_bundle(&file)?;
+    if !cache.no_kernel_cache
+        && let Some((file, report)) = device::import_asked_kernel_bundle(cache.kernel_bundle)?
+    {
         tracing::info!("kernel bundle {}: {report}", file.display());
     }
     let result = match cli.command {

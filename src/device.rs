@@ -144,7 +144,7 @@ pub fn select(spec: DeviceSpec) -> Result<Selected> {
                     ));
                 }
                 let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
-                let name = describe(&device);
+                let name = describe_among(&device, || adapters);
                 Ok(Selected { device, name: format!("wgpu: {name}"), notice: None })
             }
             #[cfg(not(feature = "wgpu"))]
@@ -214,15 +214,22 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 /// the graphics API and kind that adapter has (`llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan,
 /// Cpu, llvmpipe Mesa 25.0.7…)`). Opens the device; `cpu` for the CPU backend.
 pub fn describe(device: &Device) -> String {
+    #[cfg(feature = "wgpu")]
+    return describe_among(device, wgpu_adapters);
+    #[cfg(not(feature = "wgpu"))]
+    describe_among(device, Vec::new)
+}
+
+/// [`describe`], taking the wgpu adapters from `adapters` (called only for a CubeCL device).
+fn describe_among(device: &Device, adapters: impl FnOnce() -> Vec<Adapter>) -> String {
     #[cfg(any(feature = "cuda", feature = "wgpu"))]
     if let Some(identity) = device.identity() {
-        #[cfg(feature = "wgpu")]
-        if let Some(a) = wgpu_adapters().into_iter().find(|a| a.name == identity.name) {
-            return format!("{} ({}, {}, {})", a.name, a.api, a.kind, a.driver);
-        }
-        return identity.name;
+        return match adapters().into_iter().find(|a| a.name == identity.name) {
+            Some(a) => format!("{} ({}, {}, {})", a.name, a.api, a.kind, a.driver),
+            None => identity.name,
+        };
     }
-    let _ = device;
+    let _ = (device, adapters);
     "cpu".into()
 }
 
@@ -310,9 +317,10 @@ pub fn configure_kernel_cache(
 
 /// Adds the entries of a kernel bundle (CubeCL's format for shipping warm caches: autotune
 /// decisions, compiled kernels) to the kernel cache configured by [`configure_kernel_cache`].
-/// Insert-only: an entry the cache has is kept. Entries of another CubeCL version or another
-/// GPU are never looked up, so a bundle from elsewhere costs nothing but the import. Returns
-/// what was imported, for the log.
+/// Insert-only: an entry the cache has is kept. Entries of another CubeCL version are never
+/// looked up; autotune entries are keyed by CubeCL's device id, not by the GPU model, so a
+/// bundle belongs on the GPU model it was made on (elsewhere its choices would be valid but
+/// slow). Returns what was imported, for the log.
 pub fn import_kernel_bundle(file: &std::path::Path) -> Result<String> {
     #[cfg(any(feature = "cuda", feature = "wgpu"))]
     {
@@ -336,6 +344,18 @@ pub fn import_kernel_bundle(file: &std::path::Path) -> Result<String> {
     #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
     {
         Err(Error::invalid("--kernel-bundle", format!("{}: this prdit has no GPU backend", file.display())))
+    }
+}
+
+/// Imports the kernel bundle asked for: `file`, else `$PRDIT_KERNEL_BUNDLE` (empty: none), as
+/// [`import_kernel_bundle`]. Returns the bundle and what was imported, `None` when none was asked.
+pub fn import_asked_kernel_bundle(
+    file: Option<std::path::PathBuf>,
+) -> Result<Option<(std::path::PathBuf, String)>> {
+    let file = file.or_else(|| std::env::var_os("PRDIT_KERNEL_BUNDLE").map(std::path::PathBuf::from));
+    match file.filter(|f| !f.as_os_str().is_empty()) {
+        Some(f) => import_kernel_bundle(&f).map(|report| Some((f, report))),
+        None => Ok(None),
     }
 }
 
@@ -363,6 +383,7 @@ pub fn export_kernel_bundle(out: &std::path::Path, name: &str) -> Result<usize> 
     }
     #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
     {
+        let _ = name;
         Err(Error::invalid("--export-bundle", format!("{}: this prdit has no GPU backend", out.display())))
     }
 }

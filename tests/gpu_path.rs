@@ -224,15 +224,16 @@ fn gpu_path_then_the_command_line_trains_resumes_exactly_and_samples() {
     let on = gpu_spec();
     let dir = tempfile::tempdir().unwrap();
     let data = data(dir.path(), 6);
-    // The parity model's stage 1 (16³, hidden 192, 6 heads): its kernels and autotune keys are
-    // largely those of the checks above, which ran in this process and cached their decisions.
+    // The width of the parity fixture's model (hidden size, heads): on the shipped fixture
+    // (16³ like these phantoms, patch 4, stride 2) its kernels and autotune keys are largely those
+    // of the checks above, which ran in this process and cached their decisions.
+    let parity = read_meta().config;
     let cfg = config(dir.path(), "run.toml", &data, 0, "total_steps = 4\nckpt_every = 2\n");
     let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        text.replace("hidden_size = 48", "hidden_size = 192").replace("num_heads = 4", "num_heads = 6"),
-    )
-    .unwrap();
+    let text = text
+        .replace("hidden_size = 48", &format!("hidden_size = {}", parity.hidden_size))
+        .replace("num_heads = 4", &format!("num_heads = {}", parity.num_heads));
+    std::fs::write(&cfg, text).unwrap();
     let full = dir.path().join("full");
     ok(&train_on(&on, "train-local", &cfg, &full, &[], &[]));
     let killed = dir.path().join("killed");

@@ -168,9 +168,9 @@ pub fn gpu() -> Device {
     static DEVICE: std::sync::OnceLock<(Device, String)> = std::sync::OnceLock::new();
     let (device, name) = DEVICE.get_or_init(|| {
         prdit::device::configure_kernel_cache(None, true, None).unwrap_or_else(|e| panic!("{e}"));
-        if let Some(file) = std::env::var_os("PRDIT_KERNEL_BUNDLE").filter(|f| !f.is_empty()) {
-            let file = std::path::PathBuf::from(file);
-            let report = prdit::device::import_kernel_bundle(&file).unwrap_or_else(|e| panic!("{e}"));
+        if let Some((file, report)) =
+            prdit::device::import_asked_kernel_bundle(None).unwrap_or_else(|e| panic!("{e}"))
+        {
             eprintln!("kernel bundle {}: {report}", file.display());
         }
         let spec: prdit::device::DeviceSpec = gpu_spec().parse().unwrap_or_else(|e| panic!("{e}"));
