@@ -12,7 +12,7 @@ use crate::config::{RunConfig, TrainSection};
 use crate::diffusion::sampler::step;
 use crate::diffusion::{Denoiser, NoiseSource, Sampler};
 use crate::error::{Error, Result};
-use crate::model::highres::PrditSr;
+use crate::model::highres::{PrditSr, SrConfig};
 use crate::model::network::Network;
 use crate::model::{Prdit, PrditConfig};
 use crate::sample::VolumeNoise;
@@ -26,9 +26,16 @@ pub const OFFICIAL_H100: &str = include_str!("../benches/reference/pytorch_offic
 pub enum What {
     /// A training step of each stage.
     Train,
+    /// A training step of stage 1 alone (the model's depth-0 sibling).
+    TrainLocal,
+    /// A training step of stage 2 alone (stage 1 frozen).
+    TrainGlobal,
+    /// A training step of the refinement (phase 3a: the model, frozen, at half the size as its
+    /// base; the `[highres]` defaults), to `--size`.
+    TrainHighres,
     /// The no-grad forward and a predictor–corrector step.
     Sample,
-    /// Both.
+    /// Training steps of stages 1 and 2, the forward and a predictor–corrector step.
     #[default]
     All,
 }
@@ -98,14 +105,60 @@ pub struct Kernels {
     pub autotuned: Option<usize>,
     /// Launches per kernel (short type name, so variants of one kernel add up), most first.
     pub by_kernel: Vec<(String, usize)>,
+    /// The launches of each phase of a training step, in order, where the iteration marked its
+    /// phases ([`phase`]; `prdit bench --phases`); the last is what followed the last mark.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseLaunches>,
+}
+
+/// The launches of one marked phase.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PhaseLaunches {
+    pub phase: String,
+    pub launches: usize,
+    /// Launches per kernel in this phase, most first.
+    pub by_kernel: Vec<(String, usize)>,
 }
 
 impl Kernels {
     /// The `n` most launched kernels, `Name ×count, …`.
     pub fn top(&self, n: usize) -> String {
-        let parts: Vec<String> = self.by_kernel.iter().take(n).map(|(k, c)| format!("{k} ×{c}")).collect();
-        parts.join(", ")
+        top(&self.by_kernel, n)
     }
+}
+
+/// The `n` most launched of `by_kernel` (most first), `Name ×count, …`.
+fn top(by_kernel: &[(String, usize)], n: usize) -> String {
+    let parts: Vec<String> = by_kernel.iter().take(n).map(|(k, c)| format!("{k} ×{c}")).collect();
+    parts.join(", ")
+}
+
+impl std::fmt::Display for PhaseLaunches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} launches ({})", self.phase, self.launches, top(&self.by_kernel, 5))
+    }
+}
+
+static PHASES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns phase marks on for the rest of the process (`prdit bench --phases`): each [`phase`]
+/// then syncs the device, so the launches of a phase (fusion queues them until a sync) are
+/// counted in it. The syncs cut fusion at the marks, so a marked step may launch a few more
+/// kernels than an unmarked one.
+pub fn mark_phases(on: bool) {
+    PHASES.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Marks the end of phase `name` of the iteration being counted on `device`; a no-op unless
+/// [`mark_phases`] turned marks on and kernels are being counted.
+pub fn phase(name: &'static str, device: &Device) {
+    if !PHASES.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    watch::mark(name, device);
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    let _ = (name, device);
 }
 
 impl std::fmt::Display for Kernels {
@@ -129,12 +182,31 @@ mod watch {
     use cubecl::launched::LaunchedKernels;
     use cubecl::logging::{LaunchObservation, LaunchObserver};
 
-    use super::Kernels;
+    use super::{Kernels, PhaseLaunches};
 
     #[derive(Default)]
     struct Count {
         total: AtomicUsize,
         by_kernel: Mutex<HashMap<&'static str, usize>>,
+        /// (phase, launches per kernel counted when it ended).
+        marks: Mutex<Vec<(&'static str, HashMap<&'static str, usize>)>>,
+    }
+
+    /// The count of the iteration being watched, for [`mark`].
+    fn active() -> &'static Mutex<Option<Arc<Count>>> {
+        static ACTIVE: OnceLock<Mutex<Option<Arc<Count>>>> = OnceLock::new();
+        ACTIVE.get_or_init(Default::default)
+    }
+
+    /// Ends phase `name`: syncs `device` (flushing what fusion queued) and notes the count.
+    pub fn mark(name: &'static str, device: &burn::tensor::Device) {
+        let Some(count) = active().lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return;
+        };
+        // A failed sync shows again at the iteration's own sync, which reports it.
+        let _ = device.sync();
+        let so_far = count.by_kernel.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        count.marks.lock().unwrap_or_else(|e| e.into_inner()).push((name, so_far));
     }
 
     impl LaunchObserver for Count {
@@ -166,6 +238,7 @@ mod watch {
 
     pub fn start() -> Watch {
         let count = Arc::new(Count::default());
+        *active().lock().unwrap_or_else(|e| e.into_inner()) = Some(count.clone());
         Watch {
             _observation: LaunchObservation::new(count.clone()),
             count,
@@ -176,6 +249,7 @@ mod watch {
 
     impl Watch {
         pub fn finish(self) -> Kernels {
+            *active().lock().unwrap_or_else(|e| e.into_inner()) = None;
             let launched = self.kernels.finish();
             let mut seen = seen().lock().unwrap_or_else(|e| e.into_inner());
             let new = launched
@@ -186,21 +260,45 @@ mod watch {
                     seen.insert(h.finish())
                 })
                 .count();
-            let mut by_kernel: HashMap<String, usize> = HashMap::new();
-            for (k, c) in self.count.by_kernel.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                let name = cubecl::config::type_name_format(k, cubecl::config::TypeNameFormatLevel::Short);
-                *by_kernel.entry(name).or_default() += c;
+            let now = self.count.by_kernel.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let mut phases = Vec::new();
+            let marks = std::mem::take(&mut *self.count.marks.lock().unwrap_or_else(|e| e.into_inner()));
+            if !marks.is_empty() {
+                let mut before = HashMap::new();
+                for (name, at) in marks.into_iter().chain([("rest", now.clone())]) {
+                    let delta = at.iter().map(|(k, c)| (*k, c - before.get(k).copied().unwrap_or(0)));
+                    let by_kernel = short_names(delta);
+                    phases.push(PhaseLaunches {
+                        phase: name.to_string(),
+                        launches: by_kernel.iter().map(|(_, c)| c).sum(),
+                        by_kernel,
+                    });
+                    before = at;
+                }
             }
-            let mut by_kernel: Vec<(String, usize)> = by_kernel.into_iter().collect();
-            by_kernel.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            let total = self.count.total.load(Ordering::Relaxed);
             Kernels {
-                launches: self.count.total.load(Ordering::Relaxed),
+                launches: total,
+                phases,
                 distinct: launched.len(),
                 new,
                 autotuned: decisions().zip(self.decisions).map(|(now, before)| now - before),
-                by_kernel,
+                by_kernel: short_names(now.into_iter()),
             }
         }
+    }
+
+    /// Launch counts by CubeCL's short kernel name (variants of one kernel add up), most first,
+    /// zeros left out.
+    fn short_names(counts: impl Iterator<Item = (&'static str, usize)>) -> Vec<(String, usize)> {
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        for (k, c) in counts.filter(|(_, c)| *c > 0) {
+            let name = cubecl::config::type_name_format(k, cubecl::config::TypeNameFormatLevel::Short);
+            *by_name.entry(name).or_default() += c;
+        }
+        let mut v: Vec<(String, usize)> = by_name.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v
     }
 }
 
@@ -275,6 +373,9 @@ impl Bench {
         volumes: usize,
         mut f: impl FnMut() -> Result<R>,
     ) -> Result<CaseResult> {
+        // Pages the allocator still holds from earlier cases are returned first, so that the
+        // peak reserved below is this case's (CubeCL's pool keeps what it reserved otherwise).
+        self.device.memory_cleanup();
         let mut peak = 0u64;
         let mut once = || -> Result<(f64, Option<Kernels>)> {
             let t = Instant::now();
@@ -453,10 +554,19 @@ pub fn run_cases(
         report(&r);
         results.push(r);
     };
-    if what.train() {
-        let b = batch.unwrap_or(16);
+    let b = batch.unwrap_or(16);
+    if what.train() || what == What::TrainLocal {
         keep(bench.train(&stage1, b, b)?);
+    }
+    if what.train() || what == What::TrainGlobal {
         keep(bench.train(stage2, b, b)?);
+    }
+    if what == What::TrainHighres {
+        let base = PrditConfig { input_size: stage2.input_size / 2, ..stage2.clone() };
+        let sr = SrConfig::with_defaults(base, stage2.input_size)?;
+        let ad = bench.device.clone().autodiff();
+        let model = PrditSr::on_base(&sr, Prdit::init(&sr.base, 0, &ad)?, 0, &ad)?.freeze_base();
+        keep(bench.train_network(model, b, b)?);
     }
     if what.sample() {
         let b = batch.unwrap_or(8);
@@ -472,13 +582,29 @@ pub fn report_json(device: &str, cases: &[CaseResult]) -> serde_json::Value {
     serde_json::json!({"device": device, "prdit": env!("CARGO_PKG_VERSION"), "burn": "0.22.1", "cases": cases})
 }
 
-/// `prdit warmup`: one training step (at the run's micro-batch, else its batch) and one
+/// `prdit warmup`: one training step (at the run's micro-batch, else the one training would
+/// choose on this device) and one
 /// sampling step of the network the run trains — the stage-1 or stage-2 PRDiT, or for a
 /// `[highres]` run the refinement on its base (phase 3a: base frozen; 3b: base fine-tuned) —
 /// which compiles and tunes their kernels into the persistent cache.
 pub fn warmup(bench: &Bench, cfg: &RunConfig) -> Result<[CaseResult; 2]> {
-    let micro = cfg.train.micro_batch.unwrap_or(cfg.train.batch_size);
     let net = cfg.model_config()?;
+    // The micro-batch training would choose on this device (`train::micro`).
+    let micro = match cfg.train.micro_batch {
+        Some(m) => m,
+        None => {
+            use crate::train::{Stage, Trainable};
+            let stage = if net.depth == 0 { Stage::Local } else { Stage::Global };
+            let sr = cfg.highres.as_ref().map(|_| cfg.highres_config()).transpose()?;
+            let peak = |m| match &sr {
+                None => Prdit::predicted_peak(cfg, &net, stage, m),
+                Some(sr) => PrditSr::predicted_peak(cfg, sr, Stage::Highres, m),
+            };
+            let memory = crate::device::memory_to_plan(&bench.device)?;
+            let memory = memory.as_ref().map(|(bytes, what)| (*bytes, what.as_str()));
+            crate::train::micro::choose(cfg.train.batch_size, peak, memory).micro
+        }
+    };
     match &cfg.highres {
         None => {
             let step = bench.train(&net, micro, micro)?;

@@ -335,6 +335,10 @@ pub struct BenchArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Count the kernel launches of each phase of a training step (forward and backward,
+    /// gradient norm, AdamW, EMA) on a CubeCL device; each phase ends with a device sync.
+    #[arg(long)]
+    phases: bool,
 }
 
 #[derive(Args)]
@@ -714,6 +718,7 @@ fn bench_cmd(spec: DeviceSpec, args: &BenchArgs, started: std::time::Instant) ->
         iterations: Iterations { warmup: args.warmup, timed: args.iters },
         since: started,
     };
+    prdit::bench::mark_phases(args.phases);
     let stage2 = PrditConfig::from_name(&args.model, args.size)?;
     let (b, heads, tokens) = (args.batch.unwrap_or(16), stage2.num_heads, stage2.num_tokens());
     let rows = prdit::model::attention::block_rows(b, heads, tokens);
@@ -733,6 +738,9 @@ fn bench_cmd(spec: DeviceSpec, args: &BenchArgs, started: std::time::Instant) ->
         if let (Some(first), Some(last)) = (&r.kernels_first, &r.kernels_last) {
             println!("  kernels: first iteration {first}; last {last}");
             println!("  most launched in the last: {}", last.top(8));
+            for p in &last.phases {
+                println!("  phase {p}");
+            }
         }
         if r.case.starts_with("pc-step ") {
             println!("  → {:.1} s per volume at 1000 steps", prdit::bench::seconds_per_volume_1000(r));

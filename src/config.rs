@@ -171,7 +171,9 @@ pub struct TrainSection {
     pub total_steps: u64,
     pub batch_size: usize,
     /// Volumes per forward/backward pass when the batch does not fit the device at once:
-    /// gradients of the micro-batches are summed into one step (default: the whole batch).
+    /// gradients of the micro-batches are summed into one step. Default: chosen at the start of
+    /// a run from the predicted peak memory of a step and the device's memory
+    /// (`train::micro`): the whole batch when it fits, else the fewest even passes that do.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub micro_batch: Option<usize>,
     pub lr: f64,
@@ -276,6 +278,20 @@ pub struct HighresSection {
 }
 
 impl HighresSection {
+    /// A section refining to `target_size` with every other value at its default.
+    pub fn defaults(target_size: usize) -> Self {
+        HighresSection {
+            base: None,
+            init: None,
+            target_size,
+            sr_hidden_size: Self::default_hidden(),
+            sr_patch_size: Self::default_patch(),
+            sr_stride: Self::default_stride(),
+            sr_padding: Self::default_padding(),
+            finetune_base: false,
+        }
+    }
+
     fn default_hidden() -> usize {
         768
     }
@@ -342,16 +358,7 @@ impl RunConfig {
     /// The refinement network of a `[highres]` run (its base is `[model]`), validated.
     pub fn highres_config(&self) -> Result<crate::model::highres::SrConfig> {
         let h = self.highres.as_ref().ok_or_else(|| Error::invalid("highres", "the section is missing"))?;
-        let sr = crate::model::highres::SrConfig {
-            base: self.model_config()?,
-            target_size: h.target_size,
-            sr_hidden_size: h.sr_hidden_size,
-            sr_patch_size: h.sr_patch_size,
-            sr_stride: h.sr_stride,
-            sr_padding: h.sr_padding,
-        };
-        sr.validate()?;
-        Ok(sr)
+        crate::model::highres::SrConfig::from_section(self.model_config()?, h)
     }
 
     /// Checks every value; the error names the key.

@@ -9,9 +9,11 @@ use burn::tensor::{Device, Tensor};
 use crate::error::{Error, Result};
 
 /// The values of `t` on the host as f32 — every device-to-host copy of the library goes through
-/// here, so that a failed copy is an error naming `what` (never zeros).
+/// here, so that a failed copy, or a failure of the device work that computed `t` (an
+/// allocation the device refused), is an error naming `what` (never zeros, never a panic).
 pub fn to_host<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
-    t.into_data().try_into_vec_as::<f32>().map_err(|e| Error::transfer(what, e))
+    let data = t.try_into_data().map_err(|e| Error::transfer(what, e))?;
+    data.try_into_vec_as::<f32>().map_err(|e| Error::transfer(what, e))
 }
 
 /// Keeps freed host memory for reuse instead of handing every large block back to the system.
@@ -208,6 +210,42 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
         }
         std::thread::yield_now();
     }
+}
+
+/// How much memory a training step on `device` may plan for, in bytes: for a CubeCL device the
+/// capacity its runtime reports (CUDA: the card's total memory; Burn's wgpu backend, which
+/// compiles WGSL, reports none: CubeCL reads the Vulkan heaps only on its SPIR-V path); for the
+/// CPU backend the memory the kernel says is available (`MemAvailable`, Linux). `None` where
+/// nothing says.
+pub fn memory_capacity(device: &Device) -> Option<u64> {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    if let burn::backend::DispatchDevice::Cube(cube) = device.clone().inner().as_dispatch() {
+        return cube.client().properties().memory.max_memory();
+    }
+    let _ = device; // the CPU backend: the host's memory
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo_available(&meminfo)
+}
+
+/// The memory a training step on `device` is planned for (`train::micro`), in bytes, with what
+/// it is: `PRDIT_DEVICE_MEMORY` (GiB) when set, for a GPU shared with other work; else
+/// [`memory_capacity`] and the device's name. An unreadable `PRDIT_DEVICE_MEMORY` is an error.
+pub fn memory_to_plan(device: &Device) -> Result<Option<(u64, String)>> {
+    if let Some(v) = std::env::var_os("PRDIT_DEVICE_MEMORY") {
+        let v = v.to_string_lossy();
+        let gib = v.trim().parse::<f64>().ok().filter(|g| g.is_finite() && *g > 0.0).ok_or_else(|| {
+            Error::invalid("PRDIT_DEVICE_MEMORY", format!("expected a positive number of GiB, got `{v}`"))
+        })?;
+        return Ok(Some(((gib * (1u64 << 30) as f64) as u64, format!("PRDIT_DEVICE_MEMORY={v}"))));
+    }
+    Ok(memory_capacity(device).map(|b| (b, describe(device))))
+}
+
+/// `MemAvailable` of a `/proc/meminfo` text, in bytes.
+fn meminfo_available(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// What a CubeCL device runs on, for logs and test output: the adapter's name, and for wgpu
@@ -413,5 +451,14 @@ mod tests {
         let s = select(DeviceSpec::Cpu).unwrap();
         assert_eq!(s.name, "cpu");
         assert!(s.notice.is_none());
+    }
+
+    #[test]
+    fn available_memory_from_meminfo() {
+        let text = "MemTotal:       24634400 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(meminfo_available(text), Some(20_000_000 * 1024));
+        assert_eq!(meminfo_available("MemTotal: 5 kB\n"), None);
+        // This machine's CPU backend reports something.
+        assert!(memory_capacity(&Device::flex()).is_some_and(|b| b > 0) || !cfg!(target_os = "linux"));
     }
 }

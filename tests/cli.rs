@@ -74,7 +74,10 @@ fn closed_choices_are_checked_before_anything_runs() {
     // Each refused by the argument parser with the accepted values, before any work.
     for (args, values) in [
         (vec!["sample", "--run", "nowhere", "--out", out, "--sampler", "euler"], "hot, deterministic, ddim"),
-        (vec!["bench", "--what", "everything"], "train, sample, all"),
+        (
+            vec!["bench", "--what", "everything"],
+            "train, train-local, train-global, train-highres, sample, all",
+        ),
         (
             vec!["eval-fid", "--real", "r", "--fake", "f", "--test-formula-weights", "10", "--preset", "x"],
             "lidc, rad-chestct, none",

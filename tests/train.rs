@@ -220,10 +220,22 @@ fn micro_batches_match_the_full_batch() {
     let micro = config(dir.path(), "micro.toml", &data, 0, "total_steps = 5\nmicro_batch = 1\n");
     ok(&train("train-local", &full, &dir.path().join("full"), &[], &[]));
     ok(&train("train-local", &micro, &dir.path().join("micro"), &[], &[]));
-    let (a, b) = (losses(&dir.path().join("full")), losses(&dir.path().join("micro")));
+    // No micro_batch set, and a device said to hold 1 MiB: the default policy splits the batch
+    // into single volumes (predicted not to fit even so: a warning) and trains on.
+    let small = [("PRDIT_DEVICE_MEMORY", "0.001")];
+    let o = train("train-local", &full, &dir.path().join("auto"), &[], &small);
+    ok(&o);
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(log.contains("micro-batches of 1") && log.contains("PRDIT_DEVICE_MEMORY=0.001"), "{log}");
+    let e =
+        err(&train("train-local", &full, &dir.path().join("bad"), &[], &[("PRDIT_DEVICE_MEMORY", "lots")]));
+    assert!(e.contains("PRDIT_DEVICE_MEMORY") && e.contains("lots"), "{e}");
+    let a = losses(&dir.path().join("full"));
     assert_eq!(a.len(), 5);
-    for ((s, x), (_, y)) in a.iter().zip(&b) {
-        assert!((x - y).abs() <= 1e-5 * x.abs(), "step {s}: {x} vs {y}");
+    for other in ["micro", "auto"] {
+        for ((s, x), (_, y)) in a.iter().zip(&losses(&dir.path().join(other))) {
+            assert!((x - y).abs() <= 1e-5 * x.abs(), "{other}, step {s}: {x} vs {y}");
+        }
     }
 }
 

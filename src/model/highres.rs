@@ -37,6 +37,26 @@ pub struct SrConfig {
 }
 
 impl SrConfig {
+    /// The refinement of `base` to `target_size` with the `[highres]` defaults (the official
+    /// SR branch's width, windows, stride and padding), validated.
+    pub fn with_defaults(base: PrditConfig, target_size: usize) -> Result<Self> {
+        Self::from_section(base, &crate::config::HighresSection::defaults(target_size))
+    }
+
+    /// The refinement of `base` that a `[highres]` section describes, validated.
+    pub fn from_section(base: PrditConfig, h: &crate::config::HighresSection) -> Result<Self> {
+        let sr = SrConfig {
+            base,
+            target_size: h.target_size,
+            sr_hidden_size: h.sr_hidden_size,
+            sr_patch_size: h.sr_patch_size,
+            sr_stride: h.sr_stride,
+            sr_padding: h.sr_padding,
+        };
+        sr.validate()?;
+        Ok(sr)
+    }
+
     /// The refinement's local denoiser as a depth-0 PRDiT configuration at the target size.
     pub fn local(&self) -> PrditConfig {
         PrditConfig {

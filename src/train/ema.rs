@@ -25,8 +25,12 @@ pub fn ema_update<M: Module>(ema: M, model: &M, decay: f64) -> M {
         fn map<const D: usize>(&mut self, key: &str, _id: ParamId, value: Tensor<D>) -> Tensor<D> {
             match self.live.remove(key) {
                 Some(live) => {
-                    let dims = value.dims();
-                    value * self.decay + live.reshape(dims) * (1.0 - self.decay)
+                    // The reshape first: a fusing backend runs it as a shape change before the
+                    // three arithmetic operations, which then make one kernel; after the first
+                    // of them, it would end the fused block and leave that one alone (a launch
+                    // more per parameter).
+                    let live = live.reshape(value.dims());
+                    live * (1.0 - self.decay) + value * self.decay
                 }
                 None => value,
             }

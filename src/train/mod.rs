@@ -8,6 +8,7 @@
 pub mod data;
 pub mod ema;
 pub mod evaluate;
+pub mod micro;
 pub mod optim;
 pub mod plot;
 pub mod report;
@@ -127,6 +128,9 @@ fn train_network<N: Trainable>(cfg: RunConfig, opts: &TrainOptions) -> Result<Su
         Some(d) => TrainOptions { device: d.clone(), ..opts.clone() },
         None => opts.clone(),
     };
+    // What the default micro-batch is planned for, read before anything is written.
+    let memory =
+        if cfg.train.micro_batch.is_none() { crate::device::memory_to_plan(&opts.device)? } else { None };
     let _lock = FolderLock::acquire(&opts.run_dir)?;
     let OpenRun { run, resume, cfg } = open_run(cfg, opts)?;
     let data = RunData::load(&cfg, &run, resume.is_some(), N::volume_size(&net))?;
@@ -142,6 +146,21 @@ fn train_network<N: Trainable>(cfg: RunConfig, opts: &TrainOptions) -> Result<Su
     } else {
         trainer
     };
+    let mut trainer = trainer;
+    if cfg.train.micro_batch.is_none() {
+        let share = cfg.train.batch_size / trainer.workers();
+        let choice = micro::choose(
+            share,
+            |m| N::predicted_peak(&cfg, &net, opts.stage, m),
+            memory.as_ref().map(|(bytes, what)| (*bytes, what.as_str())),
+        );
+        if choice.too_big {
+            tracing::warn!("{}", choice.reason);
+        } else {
+            tracing::info!("{}", choice.reason);
+        }
+        trainer.micro_batch = choice.micro;
+    }
     tracing::info!(
         "{} at {}³: {} parameters, {} trained; batch {}, {} steps",
         N::name(&net),

@@ -105,7 +105,11 @@ impl AdamW {
         let mut tensors = Vec::with_capacity(2 * self.state.len());
         for (key, s) in &self.state {
             for (suffix, t) in [("exp_avg", &s.m), ("exp_avg_sq", &s.v)] {
-                let (bytes, shape, dtype) = t.to_data().into_parts();
+                let data = t
+                    .clone()
+                    .try_into_data()
+                    .map_err(|e| Error::transfer(format!("the optimizer moment `{key}.{suffix}`"), e))?;
+                let (bytes, shape, dtype) = data.into_parts();
                 tensors.push(burn_pack::Tensor::new(format!("{key}.{suffix}"), dtype, shape, None, bytes));
             }
         }
@@ -213,27 +217,25 @@ pub fn trainable_keys<M: Module>(model: &M) -> Vec<String> {
     params(model, None).into_iter().filter(|p| p.require_grad).map(|p| p.key).collect()
 }
 
-/// The global L2 norm of all gradients, `[1]` on the device (no host sync).
+/// The global L2 norm of all gradients, `[1]` on the device (no host sync). The per-parameter
+/// sums of squares are all taken before they are added, so that the additions run one after
+/// another and a fusing backend makes a few kernels of them instead of one per parameter.
 pub fn global_norm<M: Module>(model: &M, grads: &GradientsParams) -> Option<Tensor<1>> {
-    struct Norm<'a> {
+    struct Squares<'a> {
         grads: &'a GradientsParams,
-        sum: Option<Tensor<1>>,
+        sums: Vec<Tensor<1>>,
     }
-    impl ModuleVisitor for Norm<'_> {
+    impl ModuleVisitor for Squares<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let id: ParamId = param.id;
             if let Some(g) = self.grads.get::<D>(id) {
-                let sq = g.square().sum();
-                self.sum = Some(match self.sum.take() {
-                    Some(s) => s + sq,
-                    None => sq,
-                });
+                self.sums.push(g.square().sum());
             }
         }
     }
-    let mut n = Norm { grads, sum: None };
+    let mut n = Squares { grads, sums: Vec::new() };
     model.visit(&mut n);
-    n.sum.map(|s| s.sqrt())
+    n.sums.into_iter().reduce(|a, b| a + b).map(|s| s.sqrt())
 }
 
 /// PyTorch's `clip_grad_norm_` factor `min(1, max_norm / (norm + 1e-6))`, and 0 when the

@@ -99,6 +99,7 @@ fn shard_grads<N: Network>(
         let weight = n as f64 / total as f64;
         let mut values =
             to_host(Tensor::cat(vec![terms.total.clone(), terms.image, terms.noise], 0), "the losses")?;
+        crate::bench::phase("forward", &x0.device());
         if fault == Fault::Nan {
             values[0] = f32::NAN;
         }
@@ -109,6 +110,7 @@ fn shard_grads<N: Network>(
             return Ok(Shard { grads: None, sums: [f64::NAN; 3] });
         }
         let mut g = GradientsParams::from_grads((terms.total * weight).backward(), model);
+        crate::bench::phase("backward", &x0.device());
         match grads.as_mut() {
             Some(acc) => accumulate(model, acc, &mut g),
             None => grads = Some(g),
@@ -184,6 +186,11 @@ impl<N: Network> Trainer<N> {
         self
     }
 
+    /// Devices the batch is split over (1 without data parallelism).
+    pub fn workers(&self) -> usize {
+        self.replicas.len().max(1)
+    }
+
     /// The trainer of a run at step 0: the EMA starts as a copy of the model, AdamW without
     /// state.
     pub fn start(model: N, t: &TrainSection) -> Self {
@@ -209,7 +216,8 @@ impl<N: Network> Trainer<N> {
         step: u64,
     ) -> Result<StepOutcome> {
         let batch = t.len();
-        let workers = self.replicas.len().max(1);
+        let x0_device = x0.device();
+        let workers = self.workers();
         if !batch.is_multiple_of(workers) {
             return Err(crate::error::Error::invalid(
                 "train.batch_size",
@@ -272,14 +280,19 @@ impl<N: Network> Trainer<N> {
         if loss > MAX_LOSS {
             return Ok(StepOutcome::Skipped { loss });
         }
+        // Phase marks for `prdit bench --phases` (no-ops otherwise).
+        let device = x0_device;
         let grad_norm = global_norm(&self.model, &grads);
         let scale = match (&grad_norm, self.grad_clip > 0.0) {
             (Some(n), true) => Some(clip_factor(n.clone(), self.grad_clip)),
             _ => None,
         };
+        crate::bench::phase("gradient norm", &device);
         let model = std::mem::replace(&mut self.model, self.ema.clone());
         self.model = self.optim.step(model, &mut grads, lr, scale);
+        crate::bench::phase("AdamW", &device);
         self.ema = ema_update(self.ema.clone(), &self.model, self.ema_decay);
+        crate::bench::phase("EMA", &device);
         Ok(StepOutcome::Done { loss, image, noise, grad_norm: grad_norm.map(Box::new) })
     }
 }

@@ -29,6 +29,9 @@ pub trait Trainable: Network + Sized {
     fn for_stage(self, cfg: &RunConfig, stage: Stage) -> Self;
     /// Parameters trained in this stage.
     fn trained(cfg: &RunConfig, net: &Self::Config, stage: Stage) -> usize;
+    /// The predicted peak memory of a training step of this stage at `batch` volumes per pass
+    /// (`prdit inspect`'s fit), where there is one.
+    fn predicted_peak(cfg: &RunConfig, net: &Self::Config, stage: Stage, batch: usize) -> Option<u64>;
 }
 
 impl Trainable for Prdit {
@@ -68,6 +71,11 @@ impl Trainable for Prdit {
     fn trained(_cfg: &RunConfig, net: &PrditConfig, stage: Stage) -> usize {
         let c = net.param_counts();
         if stage == Stage::Local { c.stage1 } else { c.stage2_trainable }
+    }
+
+    fn predicted_peak(_cfg: &RunConfig, net: &PrditConfig, stage: Stage, batch: usize) -> Option<u64> {
+        let p = crate::inspect::report(net, batch).training_peak;
+        if stage == Stage::Local { Some(p.stage1) } else { p.stage2 }
     }
 }
 
@@ -120,6 +128,13 @@ impl Trainable for PrditSr {
         let b = &net.base;
         let trunk = b.hidden_size * b.frequency_size + b.hidden_size;
         net.sr_params() + if finetune { b.param_counts().stage2_trainable + trunk } else { 0 }
+    }
+
+    /// Phase 3a only: phase 3b (the base's transformer training too) has not been measured, so
+    /// its runs keep the whole batch unless `[train] micro_batch` says otherwise.
+    fn predicted_peak(cfg: &RunConfig, net: &SrConfig, _stage: Stage, batch: usize) -> Option<u64> {
+        let finetune = cfg.highres.as_ref().is_some_and(|h| h.finetune_base);
+        (!finetune).then(|| crate::inspect::refinement_peak(net, batch))
     }
 }
 
