@@ -718,6 +718,9 @@ fn bench_cmd(spec: DeviceSpec, args: &BenchArgs, started: std::time::Instant) ->
         iterations: Iterations { warmup: args.warmup, timed: args.iters },
         since: started,
     };
+    if args.phases && !device::is_gpu(&selected.device) {
+        eprintln!("note: --phases counts kernel launches, which only a GPU backend (cuda, wgpu) has");
+    }
     prdit::bench::mark_phases(args.phases);
     let stage2 = PrditConfig::from_name(&args.model, args.size)?;
     let (b, heads, tokens) = (args.batch.unwrap_or(16), stage2.num_heads, stage2.num_tokens());

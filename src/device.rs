@@ -248,6 +248,18 @@ fn meminfo_available(text: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Whether `device` runs CubeCL kernels (CUDA, wgpu): the devices whose kernel launches
+/// `prdit bench` counts.
+pub fn is_gpu(device: &Device) -> bool {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    return device.identity().is_some();
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 /// What a CubeCL device runs on, for logs and test output: the adapter's name, and for wgpu
 /// the graphics API and kind that adapter has (`llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan,
 /// Cpu, llvmpipe Mesa 25.0.7…)`). Opens the device; `cpu` for the CPU backend.
