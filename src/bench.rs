@@ -305,7 +305,7 @@ mod watch {
 /// `f()`, with the kernels it launched when `device` is a CubeCL device.
 fn counting<R>(device: &Device, f: impl FnOnce() -> R) -> (R, Option<Kernels>) {
     #[cfg(any(feature = "cuda", feature = "wgpu"))]
-    if device.identity().is_some() {
+    if crate::device::is_gpu(device) {
         let w = watch::start();
         let r = f();
         return (r, Some(w.finish()));

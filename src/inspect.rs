@@ -82,10 +82,15 @@ pub struct RefinementPeak {
 /// size, counted as for stage 1 (20·D + 2·O values per token). The base's no-grad forward at
 /// half the size is transient and inside the fit.
 pub fn refinement_peak(sr: &SrConfig, batch: usize) -> u64 {
-    let local = sr.local();
-    let per_volume = 4 * local.num_tokens() as u64 * (20 * local.token_dim() + 2 * local.out_dim()) as u64;
+    let per_volume = stage1_training_bytes(&sr.local());
     let state = 4 * (sr.base.param_counts().total() as u64 + 5 * sr.sr_params() as u64);
     state + (REFINE_PEAK_FACTOR * (batch as u64 * per_volume) as f64) as u64
+}
+
+/// Values autodiff keeps per volume for a stage-1 step of `cfg` (its local denoiser):
+/// 20·D + 2·O float32 values per token ([`ActivationEstimate`]).
+fn stage1_training_bytes(cfg: &PrditConfig) -> u64 {
+    4 * cfg.num_tokens() as u64 * (20 * cfg.token_dim() + 2 * cfg.out_dim()) as u64
 }
 
 /// Everything `prdit inspect` reports.
@@ -113,7 +118,7 @@ pub fn report(cfg: &PrditConfig, batch: usize) -> Report {
     let attention_scores = if l > 0 { cfg.num_heads as u64 * n * n * 4 } else { 0 };
     let memory_per_volume = ActivationEstimate {
         sampling: bytes((5 * d).max(fine_peak) + o),
-        training_stage1: bytes(20 * d + 2 * o),
+        training_stage1: stage1_training_bytes(cfg),
         training_stage2: if l > 0 { bytes(d + 13 * h + 2 * o + l * 20 * h) } else { 0 },
         attention_scores,
     };

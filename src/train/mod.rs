@@ -135,7 +135,7 @@ fn train_network<N: Trainable>(cfg: RunConfig, opts: &TrainOptions) -> Result<Su
     let OpenRun { run, resume, cfg } = open_run(cfg, opts)?;
     let data = RunData::load(&cfg, &run, resume.is_some(), N::volume_size(&net))?;
     let (trainer, state) = setup::<N>(&cfg, &net, opts, resume)?;
-    let trainer = if workers.len() > 1 {
+    let mut trainer = if workers.len() > 1 {
         tracing::info!(
             "data parallel over {} devices ({}), {} volumes each",
             workers.len(),
@@ -146,7 +146,6 @@ fn train_network<N: Trainable>(cfg: RunConfig, opts: &TrainOptions) -> Result<Su
     } else {
         trainer
     };
-    let mut trainer = trainer;
     if cfg.train.micro_batch.is_none() {
         let share = cfg.train.batch_size / trainer.workers();
         let choice = micro::choose(

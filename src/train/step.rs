@@ -85,6 +85,7 @@ fn shard_grads<N: Network>(
         return Err(crate::error::Error::transfer("a worker's gradients", "injected failure (fail-on-rank)"));
     }
     let batch = t.len();
+    let device = x0.device(); // for the phase marks of `prdit bench --phases`
     let micro = micro.clamp(1, batch);
     let mut grads: Option<GradientsParams> = None;
     let mut sums = [0.0f64; 3];
@@ -99,7 +100,7 @@ fn shard_grads<N: Network>(
         let weight = n as f64 / total as f64;
         let mut values =
             to_host(Tensor::cat(vec![terms.total.clone(), terms.image, terms.noise], 0), "the losses")?;
-        crate::bench::phase("forward", &x0.device());
+        crate::bench::phase("forward", &device);
         if fault == Fault::Nan {
             values[0] = f32::NAN;
         }
@@ -110,7 +111,7 @@ fn shard_grads<N: Network>(
             return Ok(Shard { grads: None, sums: [f64::NAN; 3] });
         }
         let mut g = GradientsParams::from_grads((terms.total * weight).backward(), model);
-        crate::bench::phase("backward", &x0.device());
+        crate::bench::phase("backward", &device);
         match grads.as_mut() {
             Some(acc) => accumulate(model, acc, &mut g),
             None => grads = Some(g),
@@ -216,7 +217,7 @@ impl<N: Network> Trainer<N> {
         step: u64,
     ) -> Result<StepOutcome> {
         let batch = t.len();
-        let x0_device = x0.device();
+        let device = x0.device(); // for the phase marks of `prdit bench --phases`
         let workers = self.workers();
         if !batch.is_multiple_of(workers) {
             return Err(crate::error::Error::invalid(
@@ -280,8 +281,6 @@ impl<N: Network> Trainer<N> {
         if loss > MAX_LOSS {
             return Ok(StepOutcome::Skipped { loss });
         }
-        // Phase marks for `prdit bench --phases` (no-ops otherwise).
-        let device = x0_device;
         let grad_norm = global_norm(&self.model, &grads);
         let scale = match (&grad_norm, self.grad_clip > 0.0) {
             (Some(n), true) => Some(clip_factor(n.clone(), self.grad_clip)),
