@@ -2,7 +2,8 @@
 //! (`prdit::diffusion::exact`), sampled by every sampler at N ∈ {5, 10, 20, 50, 100, 1000} steps
 //! from the same noise, and the distance of each sample set to the data — the sliced
 //! 1-Wasserstein distance to the exact law (its CDF), and the errors of the first two moments —
-//! next to the official deterministic and hot samplers at 1000 steps. The fitted grids are fitted
+//! next to the official deterministic and hot samplers at 1000 steps, and PRDiT-FM's Euler and
+//! Heun on the flow-matching path of the same data with its exact velocity. The fitted grids are fitted
 //! on pilot noise of another seed (a sixteenth of the samples; up to 100 steps). Prints markdown tables
 //! (`docs/samplers.md` holds them). Settings: `PRDIT_BENCH_SAMPLES` (4096 vectors; 256 volumes of
 //! the per-voxel data), `PRDIT_BENCH_STEPS` (5,10,20,50,100,1000), `PRDIT_BENCH_SEED` (11: the
@@ -13,8 +14,9 @@ use burn::tensor::{Device, Tensor};
 use prdit::bench::env_or;
 use prdit::diffusion::exact::{Distance, Mixture, benchmark_mixtures, distance};
 use prdit::diffusion::fit;
+use prdit::diffusion::flow::{self, AsVelocity, FlowSolver};
 use prdit::diffusion::sampler::{Field, Grid, Sampler, Solver, integrate, network_calls, sample};
-use prdit::diffusion::{NOISE_STD, NoiseSource, SeededNoise};
+use prdit::diffusion::{Denoiser, NOISE_STD, NoiseSource, SeededNoise};
 
 fn to_sets(t: Tensor<5>, batch: usize) -> Vec<Vec<f64>> {
     let v = prdit::device::to_host(t, "samples").expect("host copy");
@@ -22,7 +24,23 @@ fn to_sets(t: Tensor<5>, batch: usize) -> Vec<Vec<f64>> {
     v.chunks(per).map(|c| c.iter().map(|&x| x as f64).collect()).collect()
 }
 
-fn run(data: &Mixture, edge: usize, n: usize, sampler: Sampler, steps: usize) -> Distance {
+/// The exact velocity of the flow path presented back as a denoiser of the diffusion's time.
+struct FlowAsDenoiser<'a>(&'a Mixture);
+
+impl Denoiser for FlowAsDenoiser<'_> {
+    fn predict(&self, x_t: Tensor<5>, t: &[f32]) -> (Tensor<5>, Tensor<5>) {
+        flow::denoise(&AsVelocity(self.0), x_t, t)
+    }
+}
+
+fn run(
+    model: &impl Denoiser,
+    data: &Mixture,
+    edge: usize,
+    n: usize,
+    sampler: Sampler,
+    steps: usize,
+) -> Distance {
     let device = Device::flex();
     let shape = [n, 1, edge, edge, edge];
     let seed: u64 = env_or("PRDIT_BENCH_SEED", 11);
@@ -35,11 +53,22 @@ fn run(data: &Mixture, edge: usize, n: usize, sampler: Sampler, steps: usize) ->
             let pilot = SeededNoise::new(seed + 1, NOISE_STD)
                 .draw([n / 16, 1, edge, edge, edge], &device)
                 .expect("noise");
-            let fitted = fit::fit_times(data, pilot, solver, field, steps, &mut |_, _| {}).expect("fits");
-            integrate(data, x, &fitted.times, solver, field, &mut |_, _| {}).expect("sampling runs")
+            let fitted = fit::fit_times(model, pilot, solver, field, steps, &mut |_, _| {}).expect("fits");
+            integrate(model, x, &fitted.times, solver, field, &mut |_, _| {}).expect("sampling runs")
         }
-        _ => sample(data, x, steps, sampler, &mut noise, &mut |_, _| {}).expect("sampling runs"),
+        _ => sample(model, x, steps, sampler, &mut noise, &mut |_, _| {}).expect("sampling runs"),
     };
+    distance(data, &to_sets(out.x, n))
+}
+
+/// PRDiT-FM's solver on the flow-matching path of the same data, with its exact velocity
+/// (`AsVelocity` of the exact denoiser), from the same noise at unit scale (t = 0).
+fn run_flow(data: &Mixture, edge: usize, n: usize, solver: FlowSolver, steps: usize) -> Distance {
+    let device = Device::flex();
+    let seed: u64 = env_or("PRDIT_BENCH_SEED", 11);
+    let x =
+        SeededNoise::new(seed, flow::FLOW_NOISE_STD).draw([n, 1, edge, edge, edge], &device).expect("noise");
+    let out = flow::sample(&AsVelocity(data), x, steps, solver, &mut |_, _| {}).expect("sampling runs");
     distance(data, &to_sets(out.x, n))
 }
 
@@ -107,7 +136,33 @@ fn main() {
                 }
                 let calls = network_calls(Sampler::Ode { solver, grid, field: Field::Official }, s)
                     .expect("valid steps");
-                let d = run(&data, edge, n, Sampler::Ode { solver, grid, field: Field::Official }, s);
+                let d = run(&data, &data, edge, n, Sampler::Ode { solver, grid, field: Field::Official }, s);
+                if calls == s { print!(" {} |", cell(&d)) } else { print!(" {} [{calls} calls] |", cell(&d)) }
+            }
+            println!();
+        }
+        // UniPC on the flow's exact velocity through the time change (`flow::denoise`): the same
+        // ODE, so the diffusion's numbers up to float32 rounding.
+        let label = "unipc (logsnr) on the flow's velocity";
+        if only.as_ref().is_none_or(|o| o.iter().any(|l| l == label)) {
+            print!("| {label} |");
+            for &s in &steps {
+                let sampler =
+                    Sampler::Ode { solver: Solver::UniPc, grid: Grid::LogSnr, field: Field::Official };
+                print!(" {} |", cell(&run(&FlowAsDenoiser(&data), &data, edge, n, sampler, s)));
+            }
+            println!();
+        }
+        for (label, solver) in
+            [("flow euler (uniform)", FlowSolver::Euler), ("flow heun (uniform)", FlowSolver::Heun)]
+        {
+            if only.as_ref().is_some_and(|o| !o.iter().any(|l| l == label)) {
+                continue;
+            }
+            print!("| {label} |");
+            for &s in &steps {
+                let d = run_flow(&data, edge, n, solver, s);
+                let calls = flow::network_calls(solver, s);
                 if calls == s { print!(" {} |", cell(&d)) } else { print!(" {} [{calls} calls] |", cell(&d)) }
             }
             println!();
@@ -116,7 +171,7 @@ fn main() {
             ("official deterministic", Sampler::Deterministic),
             ("official hot (k = 2)", Sampler::PredictorCorrector { k: 2 }),
         ] {
-            let d = run(&data, edge, n, sampler, 1000);
+            let d = run(&data, &data, edge, n, sampler, 1000);
             println!("| {label}, 1000 steps | {} |{}", cell(&d), " |".repeat(steps.len() - 1));
         }
     }

@@ -449,7 +449,11 @@ impl Bench {
         let shape = [batch, 1, s, s, s];
         let x0 = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), &ad);
         let noise = Tensor::<5>::random(shape, Distribution::Normal(0.0, 0.5), &ad);
-        let t: Vec<usize> = (0..batch).map(|i| (137 + 311 * i) % 1000).collect();
+        let scale = match N::process(trainer.model.config()) {
+            crate::diffusion::Process::Ian => 1.0,
+            crate::diffusion::Process::Flow => 1e-3,
+        };
+        let t: Vec<f32> = (0..batch).map(|i| ((137 + 311 * i) % 1000) as f32 * scale).collect();
         let case = format!("train {name} {s}^3 b{batch}");
         let what = case.clone();
         self.try_time(case, batch, || match trainer.step(x0.clone(), &t, noise.clone(), 1e-4)? {

@@ -1,6 +1,6 @@
 //! Command-line arguments and dispatch: each command maps its flags to one library call and
 //! prints the result. The library's closed choices (`Entry`, `Orientation`, `MmdEstimator`,
-//! `Preset`, `Recipe`, `What`, `SamplerKind`, `GridKind`, `FieldKind`) derive `clap::ValueEnum`
+//! `Preset`, `Recipe`, `What`, `SamplerKind`, `GridKind`, `FieldKind`, `Process`) derive `clap::ValueEnum`
 //! where they are defined, so that their spellings are one list, which the library also prints
 //! in manifests and labels; every other clap type (the parser, the argument structs) is here.
 
@@ -15,6 +15,7 @@ use prdit::bench::What;
 use prdit::config::RunConfig;
 use prdit::data::{Window, phantom};
 use prdit::device::{self, DeviceSpec};
+use prdit::diffusion::Process;
 use prdit::eval::Preset;
 use prdit::eval::fid::{FeatureNet, FidOptions};
 use prdit::inspect::{self, InspectOptions};
@@ -179,14 +180,20 @@ pub struct SampleArgs {
     /// Volumes generated together on the device.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Sampling steps (the official grid: one network call per step when it divides 1000;
-    /// the ODE solvers make one per step, Heun two but the last). unipc needs about 20, dpm2m 20–50, where
-    /// the official samplers take 1000 (docs/samplers.md).
-    #[arg(long, default_value_t = 1000)]
-    steps: usize,
-    /// The sampler: the official hot (default) or deterministic, or a few-step ODE solver.
-    #[arg(long, value_enum, default_value_t = SamplerKind::Hot)]
-    sampler: SamplerKind,
+    /// Sampling steps (default 1000, the official sampler's; 100 for a flow-matching model, as
+    /// PRDiT-FM's). The official grid makes one network call per step when it divides 1000;
+    /// the ODE solvers make one per step, Heun two but the last (flow Heun: two). unipc needs
+    /// about 20, dpm2m 20–50 (docs/samplers.md).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// The sampler: the official hot (default) or deterministic, or a few-step ODE solver; for
+    /// a flow-matching model euler (default) or heun (PRDiT-FM's), or ddim, dpm2m, dpm3m, unipc.
+    #[arg(long, value_enum)]
+    sampler: Option<SamplerKind>,
+    /// The process of the model: a prdit model file records it (this checks it); an official
+    /// .pt/.pth has it in its heads' shapes (read from them when not given).
+    #[arg(long, value_enum)]
+    process: Option<Process>,
     /// Time grid of the ODE solvers (default: logsnr, edm for heun).
     #[arg(long, value_enum)]
     grid: Option<GridKind>,
@@ -437,6 +444,10 @@ pub struct DemoArgs {
     /// demo needs to generate the phantom's anatomy).
     #[arg(long)]
     steps: Option<u64>,
+    /// The generative process: ian (the paper's diffusion, sampled with UniPC at 20 steps) or
+    /// flow (PRDiT-FM's flow matching, Euler at 30 steps; runs/*-flow, samples-flow/).
+    #[arg(long, value_enum, default_value_t = Process::Ian)]
+    process: Process,
 }
 
 #[derive(Args)]
@@ -640,6 +651,7 @@ fn sample_cmd(spec: DeviceSpec, args: &SampleArgs, quiet: bool) -> Result<()> {
         batch: args.batch,
         steps: args.steps,
         sampler: args.sampler,
+        process: args.process,
         grid: args.grid,
         field: args.field,
         k: args.k,
@@ -880,6 +892,7 @@ fn demo_cmd(spec: DeviceSpec, args: &DemoArgs, quiet: bool) -> Result<()> {
         device: device_for(spec)?,
         progress: progress::enabled(quiet),
         stop: prdit::interrupt::stop_flag(),
+        process: args.process,
     };
     let outcome = prdit::demo::run(&opts, &mut |line| println!("{line}"))
         .map_err(|e| with_flags(e, &[("steps", "--steps")]))?;
@@ -897,7 +910,8 @@ fn demo_cmd(spec: DeviceSpec, args: &DemoArgs, quiet: bool) -> Result<()> {
         println!("  run        {}  (train.log, metrics.jsonl, checkpoints/)", run.run_dir.display());
         println!("  curves     {}", run.run_dir.join("progress.png").display());
         if let Some(p) = last {
-            println!("  preview    {}  (rows: data, noisy at t=100, reconstruction)", p.display());
+            let at = prdit::train::evaluate::val_time(args.process);
+            println!("  preview    {}  (rows: data, noisy at {at}, reconstruction)", p.display());
         }
     }
     if let Some((samples, _)) = &outcome.samples {

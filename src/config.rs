@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::PrditConfig;
-use crate::model::config::{DEFAULT_FREQUENCY_SIZE, DEFAULT_IN_CHANNELS, DEFAULT_MLP_RATIO, OUT_CHANNELS};
+use crate::model::config::{DEFAULT_FREQUENCY_SIZE, DEFAULT_IN_CHANNELS, DEFAULT_MLP_RATIO};
 
 /// A whole run file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +25,19 @@ pub struct RunConfig {
     /// Stage 3 only: the refinement and the model it refines (`[model]` is that base model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub highres: Option<HighresSection>,
+    /// The generative process (absent: PRDiT's image-and-noise diffusion).
+    #[serde(default)]
+    pub diffusion: DiffusionSection,
+}
+
+/// `[diffusion]`: which generative process the run trains (and its networks are built for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffusionSection {
+    /// `ian` (default): the paper's image-and-noise diffusion, two output channels;
+    /// `flow`: PRDiT-FM's straight-line flow matching, one velocity channel.
+    #[serde(default)]
+    pub process: crate::diffusion::Process,
 }
 
 /// `[model]`: an official name plus the volume size, or explicit fields; explicit fields
@@ -56,8 +69,13 @@ pub struct ModelSection {
 }
 
 impl ModelSection {
-    /// The network this section describes.
+    /// The network this section describes, for the image-and-noise diffusion.
     pub fn resolve(&self) -> Result<PrditConfig> {
+        self.resolve_for(crate::diffusion::Process::Ian)
+    }
+
+    /// The network this section describes, with the output channels of `process`.
+    pub fn resolve_for(&self, process: crate::diffusion::Process) -> Result<PrditConfig> {
         let base = match &self.name {
             Some(name) => Some(PrditConfig::from_name(name, self.input_size)?),
             None => None,
@@ -74,7 +92,7 @@ impl ModelSection {
         let cfg = PrditConfig {
             input_size: self.input_size,
             in_channels: self.in_channels.or(b.map(|c| c.in_channels)).unwrap_or(DEFAULT_IN_CHANNELS),
-            out_channels: OUT_CHANNELS,
+            out_channels: process.out_channels(),
             patch_size: need("patch_size", self.patch_size, b.map(|c| c.patch_size))?,
             stride: need("stride", self.stride, b.map(|c| c.stride))?,
             padding: need("padding", self.padding, b.map(|c| c.padding))?,
@@ -352,7 +370,7 @@ impl RunConfig {
 
     /// The network of the run.
     pub fn model_config(&self) -> Result<PrditConfig> {
-        self.model.resolve()
+        self.model.resolve_for(self.diffusion.process)
     }
 
     /// The refinement network of a `[highres]` run (its base is `[model]`), validated.
@@ -609,10 +627,24 @@ mod shipped {
                 assert_eq!(name.contains("local"), depth == 0, "{name}");
                 assert_eq!(name.contains("global"), cfg.global.is_some(), "{name}");
                 assert_eq!(name.contains("highres"), cfg.highres.is_some(), "{name}");
+                let flow = cfg.diffusion.process == crate::diffusion::Process::Flow;
+                assert_eq!(name.ends_with("-flow.toml"), flow, "{name}");
                 n += 1;
             }
         }
-        assert_eq!(n, 8);
+        assert_eq!(n, 10);
+        // The flow presets are the diffusion ones but for the process (PRDiT-FM keeps the recipe)
+        // and their stage 1's run folder.
+        for stage in ["local", "global"] {
+            let ian = RunConfig::load(&dir.join(format!("lidc-{stage}.toml"))).unwrap();
+            let mut flow = RunConfig::load(&dir.join(format!("lidc-{stage}-flow.toml"))).unwrap();
+            assert_eq!(flow.model_config().unwrap().out_channels, 1);
+            flow.diffusion = ian.diffusion;
+            if let (Some(f), Some(i)) = (flow.global.as_mut(), ian.global.as_ref()) {
+                f.local = i.local.clone();
+            }
+            assert_eq!(flow, ian, "lidc-{stage}-flow.toml");
+        }
         let lidc = RunConfig::load(&dir.join("lidc-global.toml")).unwrap();
         assert_eq!((lidc.train.lr, lidc.train.batch_size, lidc.train.total_steps), (8e-5, 64, 130_000));
         assert_eq!(lidc.model_config().unwrap().param_counts().stage2_trainable, 54_072_832);

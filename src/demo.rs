@@ -10,6 +10,7 @@ use burn::tensor::Device;
 
 use crate::config::RunConfig;
 use crate::data::phantom::{self, TissueMix};
+use crate::diffusion::Process;
 use crate::error::{Error, Result};
 use crate::resolve::{Pick, Weights, resolve_model};
 use crate::sample::{FieldKind, Intensity, Manifest, SampleJob, SamplerKind, sample_job, sha256_file};
@@ -44,7 +45,14 @@ pub struct DemoOptions {
     pub progress: bool,
     /// Set by SIGINT/SIGTERM: the running stage stops with a checkpoint, the demo ends there.
     pub stop: Arc<AtomicBool>,
+    /// The process the tiny model is trained for. Flow matching trains the same configurations
+    /// with `[diffusion] process = "flow"` into `runs/local-flow`, `runs/global-flow` and samples
+    /// with PRDiT-FM's Euler at [`FLOW_SAMPLE_STEPS`] steps into `samples-flow/`.
+    pub process: Process,
 }
+
+/// Steps of the flow demo's Euler sampler.
+pub const FLOW_SAMPLE_STEPS: usize = 30;
 
 /// What the demo produced.
 pub struct DemoOutcome {
@@ -74,8 +82,11 @@ pub fn run(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<DemoOutcome>
     let size = local.model.input_size;
     say(&format!("1/4 phantom dataset: {VOLUMES} chest phantoms of {size}³ in {}", data.display()));
     phantom::write_dataset(&data, VOLUMES, size, 0)?;
+    let flow = opts.process == Process::Flow;
+    let suffix = if flow { "-flow" } else { "" };
     let configure = |text: &str, name: &str| -> Result<RunConfig> {
         let mut cfg = RunConfig::parse(text)?;
+        cfg.diffusion.process = opts.process;
         cfg.data.train = data.clone();
         if let Some(steps) = opts.steps {
             cfg.train.total_steps = steps;
@@ -83,10 +94,10 @@ pub fn run(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<DemoOutcome>
         crate::fsio::write_atomic(&opts.out.join(name), cfg.to_toml().as_bytes())?;
         Ok(cfg)
     };
-    let local_cfg = configure(LOCAL, "tiny-local.toml")?;
-    let global_cfg = configure(GLOBAL, "tiny-global.toml")?;
-    let run1 = opts.out.join("runs/local");
-    let run2 = opts.out.join("runs/global");
+    let local_cfg = configure(LOCAL, &format!("tiny-local{suffix}.toml"))?;
+    let global_cfg = configure(GLOBAL, &format!("tiny-global{suffix}.toml"))?;
+    let run1 = opts.out.join(format!("runs/local{suffix}"));
+    let run2 = opts.out.join(format!("runs/global{suffix}"));
     let stage = |stage: Stage, run: &Path, local: Option<PathBuf>| TrainOptions {
         stage,
         run_dir: run.to_path_buf(),
@@ -116,13 +127,16 @@ pub fn run(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<DemoOutcome>
     if outcome.interrupted() {
         return Ok(outcome);
     }
-    let samples = opts.out.join("samples");
+    let samples = opts.out.join(format!("samples{suffix}"));
     if let Some(note) = clear_stale_samples(&samples, &run2)? {
         say(&note);
     }
+    let (sampler, steps) =
+        if flow { (SamplerKind::Euler, FLOW_SAMPLE_STEPS) } else { (SAMPLER, SAMPLE_STEPS) };
+    let how = if flow { "PRDiT-FM's flow matching" } else { "the image head's flow" };
     say(&format!(
-        "4/4 sampling {SAMPLES} volumes ({} sampler, {SAMPLE_STEPS} steps, the image head's flow) → {}",
-        SAMPLER.name(),
+        "4/4 sampling {SAMPLES} volumes ({} sampler, {steps} steps, {how}) → {}",
+        sampler.name(),
         samples.display()
     ));
     let job = SampleJob {
@@ -134,8 +148,9 @@ pub fn run(opts: &DemoOptions, say: &mut dyn FnMut(&str)) -> Result<DemoOutcome>
         out: samples.clone(),
         num: SAMPLES,
         batch: SAMPLES,
-        steps: SAMPLE_STEPS,
-        sampler: SAMPLER,
+        steps: Some(steps),
+        sampler: Some(sampler),
+        process: Some(opts.process),
         grid: None,
         field: FIELD,
         k: None,

@@ -16,9 +16,10 @@ use crate::data::preview::{Preview, shown, write_preview};
 use crate::data::volume::{Orientation, ValueRange, Volume, Window};
 use crate::device::to_host;
 use crate::diffusion::fit;
+use crate::diffusion::flow::{self, FlowSolver};
 use crate::diffusion::noise::{Purpose, normal_noise};
 use crate::diffusion::sampler::{Grid, integrate};
-use crate::diffusion::{NOISE_STD, NoiseSource, Sampler, sample};
+use crate::diffusion::{NOISE_STD, NoiseSource, Process, Sampler, sample};
 use crate::error::{Error, Result};
 use crate::fsio::{FolderLock, write_atomic};
 use crate::model::highres::PrditSr;
@@ -38,12 +39,18 @@ pub struct VolumeNoise {
     seed: u64,
     volumes: Vec<u64>,
     draws: u64,
+    std: f64,
 }
 
 impl VolumeNoise {
-    /// Noise for the volumes with these global indices.
+    /// Noise of the diffusion (std 0.5) for the volumes with these global indices.
     pub fn new(seed: u64, volumes: Vec<u64>) -> Self {
-        VolumeNoise { seed, volumes, draws: 0 }
+        Self::with_std(seed, volumes, NOISE_STD)
+    }
+
+    /// The same streams scaled to standard deviation `std` (1 for a flow's initial state).
+    pub fn with_std(seed: u64, volumes: Vec<u64>, std: f64) -> Self {
+        VolumeNoise { seed, volumes, draws: 0, std }
     }
 }
 
@@ -60,7 +67,7 @@ impl NoiseSource for VolumeNoise {
                 Purpose::Sample,
                 v * DRAWS_PER_VOLUME + self.draws,
                 per,
-                NOISE_STD,
+                self.std,
             ));
         }
         self.draws += 1;
@@ -87,8 +94,35 @@ pub enum SamplerKind {
     /// UniPC: the DPM-Solver++(2M) predictor with the UniC corrector (third order, no extra
     /// network call).
     Unipc,
-    /// Heun's second-order method on EDM's ODE (2 network calls per step but the last: 2N − 1).
+    /// Heun's second-order method on EDM's ODE (2 network calls per step but the last: 2N − 1);
+    /// for a flow-matching model, PRDiT-FM's Heun on its uniform grid (2N calls).
     Heun,
+    /// Flow matching only: PRDiT-FM's Euler on the uniform grid k/N (its default, 100 steps).
+    Euler,
+}
+
+/// What a job runs: a sampler of the diffusion's time axis (the official ones, or an ODE
+/// solver; a flow model runs these through [`crate::diffusion::flow::time_change`]), or one of
+/// PRDiT-FM's solvers on the flow's own time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    Diffusion(Sampler),
+    Flow(FlowSolver),
+}
+
+impl Plan {
+    /// Network calls per volume of `steps` steps.
+    pub fn network_calls(self, steps: usize) -> Result<usize> {
+        match self {
+            Plan::Diffusion(s) => crate::diffusion::sampler::network_calls(s, steps),
+            Plan::Flow(s) => {
+                if steps == 0 || steps > crate::diffusion::NUM_TIMESTEPS {
+                    return Err(Error::invalid("steps", format!("{steps} is not in 1..=1000")));
+                }
+                Ok(flow::network_calls(s, steps))
+            }
+        }
+    }
 }
 
 /// The time grid of the ODE solvers (the official samplers keep the official grid).
@@ -130,9 +164,60 @@ impl FieldKind {
 }
 
 impl SamplerKind {
-    /// Whether this is one of the few-step ODE solvers (not an official sampler).
+    /// Whether this is one of the few-step ODE solvers of the diffusion's time axis (not an
+    /// official sampler, nor PRDiT-FM's Euler).
     pub fn is_ode(self) -> bool {
-        !matches!(self, SamplerKind::Hot | SamplerKind::Deterministic)
+        !matches!(self, SamplerKind::Hot | SamplerKind::Deterministic | SamplerKind::Euler)
+    }
+
+    /// The sampler a job takes when none is given: the paper's hot sampler for the diffusion,
+    /// PRDiT-FM's Euler for flow matching.
+    pub fn default_for(process: Process) -> Self {
+        match process {
+            Process::Ian => SamplerKind::Hot,
+            Process::Flow => SamplerKind::Euler,
+        }
+    }
+
+    /// What runs for a model of `process`. A flow model takes PRDiT-FM's `euler` and `heun`
+    /// on its own grid, and the data-prediction solvers `ddim`, `dpm2m`, `dpm3m` and `unipc`
+    /// (they need only the image prediction and the path's signal and noise scales, which the
+    /// velocity gives exactly); the diffusion's official `hot` and `deterministic` samplers are
+    /// refused for it, and `euler` for a diffusion model.
+    pub fn plan(self, process: Process, k: usize, grid: Option<GridKind>, field: FieldKind) -> Result<Plan> {
+        let uniform_only = |name: &str| {
+            if grid.is_some_and(|g| g != GridKind::Uniform) {
+                return Err(Error::invalid(
+                    "grid",
+                    format!("PRDiT-FM's {name} runs on the uniform grid k/N"),
+                ));
+            }
+            Ok(())
+        };
+        match (process, self) {
+            (Process::Flow, SamplerKind::Euler) => {
+                uniform_only("euler")?;
+                Ok(Plan::Flow(FlowSolver::Euler))
+            }
+            (Process::Flow, SamplerKind::Heun) => {
+                uniform_only("heun")?;
+                Ok(Plan::Flow(FlowSolver::Heun))
+            }
+            (Process::Flow, SamplerKind::Hot | SamplerKind::Deterministic) => Err(Error::invalid(
+                "sampler",
+                format!(
+                    "{} is a sampler of the image-and-noise diffusion and this is a flow-matching model: \
+                     use euler or heun (PRDiT-FM's), or ddim, dpm2m, dpm3m or unipc",
+                    self.name()
+                ),
+            )),
+            (Process::Ian, SamplerKind::Euler) => Err(Error::invalid(
+                "sampler",
+                "euler is flow matching's sampler (PRDiT-FM) and this is an image-and-noise diffusion model: \
+                 its Euler sampler is `deterministic`",
+            )),
+            _ => self.sampler(k, grid, field).map(Plan::Diffusion),
+        }
     }
 
     /// The name users type (`--sampler`), as the command line spells it.
@@ -166,6 +251,9 @@ impl SamplerKind {
                 } else {
                     Sampler::Deterministic
                 });
+            }
+            SamplerKind::Euler => {
+                return Err(Error::invalid("sampler", "euler is flow matching's sampler (PRDiT-FM)"));
             }
             SamplerKind::Ddim => Solver::Ddim,
             SamplerKind::Dpm2m => Solver::DpmPp2m,
@@ -213,6 +301,9 @@ pub struct SampleOptions {
     /// Predictor–corrector jump.
     pub k: usize,
     pub seed: u64,
+    /// The process of the model that made the volumes (a manifest without it: the diffusion).
+    #[serde(default)]
+    pub process: Process,
     /// Write Hounsfield units with this window instead of model space.
     pub hu: Option<Window>,
     /// Also write the last image prediction (`x0/`).
@@ -257,18 +348,24 @@ impl SampleOptions {
         write_preview(png, &Preview { title, rows, window, window_label, orientation: self.orientation })
     }
 
-    /// "unipc sampler (logsnr grid, official field)"; the official samplers by name alone.
+    /// "unipc sampler (logsnr grid, official field)"; the official samplers by name alone; a
+    /// flow model's with "flow matching".
     fn sampler_label(&self) -> String {
         let name = self.sampler.name();
-        if !self.sampler.is_ode() {
-            return format!("{name} sampler");
+        let flow = if self.process == Process::Flow { ", flow matching" } else { "" };
+        if !self.sampler.is_ode() || self.process == Process::Flow && self.sampler == SamplerKind::Heun {
+            return format!("{name} sampler{flow}");
+        }
+        if self.process == Process::Flow {
+            let grid = cli_name(&self.sampler.grid_or_default(self.grid));
+            return format!("{name} sampler ({grid} grid{flow})");
         }
         let grid = cli_name(&self.sampler.grid_or_default(self.grid));
         format!("{name} sampler ({grid} grid, {} field)", cli_name(&self.field))
     }
 
-    fn sampler(&self) -> Result<Sampler> {
-        self.sampler.sampler(self.k, self.grid, self.field)
+    fn plan(&self) -> Result<Plan> {
+        self.sampler.plan(self.process, self.k, self.grid, self.field)
     }
 }
 
@@ -373,15 +470,18 @@ pub fn run<N: Network>(
     device: &Device,
     progress: Progress,
 ) -> Result<Manifest> {
-    let sampler = opts.sampler()?;
+    let opts = &SampleOptions { process: N::process(model.config()), ..opts.clone() };
+    let plan = opts.plan()?;
     if opts.num == 0 {
         return Err(Error::invalid("num", "the number of volumes must be at least 1"));
     }
     if opts.batch == 0 {
         return Err(Error::invalid("batch", "the volumes generated together must be at least 1"));
     }
-    let calls = crate::diffusion::sampler::network_calls(sampler, opts.steps)?;
-    crate::diffusion::sampler::jump(sampler)?;
+    let calls = plan.network_calls(opts.steps)?;
+    if let Plan::Diffusion(sampler) = plan {
+        crate::diffusion::sampler::jump(sampler)?;
+    }
     let size = N::volume_size(model.config());
     let xs = opts.out.join("xs");
     let x0_dir = opts.out.join("x0");
@@ -407,6 +507,7 @@ pub fn run<N: Network>(
     if manifest_path.is_file() {
         let old = Manifest::read(&manifest_path)?;
         let same = old.source.sha256 == manifest.source.sha256
+            && old.options.process == opts.process
             && old.options.steps == opts.steps
             && old.options.sampler == opts.sampler
             && old.options.grid == opts.grid
@@ -417,8 +518,12 @@ pub fn run<N: Network>(
         if !same {
             return Err(Error::data(
                 &manifest_path,
-                "this folder holds volumes from another checkpoint, sampler, grid, field, step count, \
-                 seed or intensity scale: choose another output folder",
+                format!(
+                    "this folder holds volumes from another checkpoint, process ({} there, {} here), \
+                     sampler, grid, field, step count, seed or intensity scale: choose another output folder",
+                    old.options.process.describe(),
+                    opts.process.describe()
+                ),
             ));
         }
         manifest.volumes = old.volumes;
@@ -480,8 +585,8 @@ pub fn run<N: Network>(
     };
     let mut done = (0..opts.num).filter(|&i| complete(i)).count();
     // A fitted grid: fitted before the first volume, recorded in the manifest, reused after.
-    let fitted = match sampler {
-        Sampler::Ode { solver, grid: Grid::Fitted, field } if done < opts.num => {
+    let fitted = match plan {
+        Plan::Diffusion(Sampler::Ode { solver, grid: Grid::Fitted, field }) if done < opts.num => {
             if manifest.fitted_times.is_none() {
                 let pilot = opts.batch.min(opts.num);
                 tracing::info!(
@@ -520,12 +625,24 @@ pub fn run<N: Network>(
             continue;
         }
         let started = Instant::now();
-        let mut noise = VolumeNoise::new(opts.seed, indices.iter().map(|&i| i as u64).collect());
-        let start = noise.draw([indices.len(), 1, size, size, size], device)?;
+        let volumes = indices.iter().map(|&i| i as u64).collect();
         let mut on_step = |s, n| progress(done, opts.num, s, n);
-        let out = match &fitted {
-            Some((solver, field, t)) => integrate(model, start, t, *solver, *field, &mut on_step)?,
-            None => sample(model, start, opts.steps, sampler, &mut noise, &mut on_step)?,
+        let out = match plan {
+            // The flow's own solvers start from unit noise at t = 0.
+            Plan::Flow(solver) => {
+                let mut noise = VolumeNoise::with_std(opts.seed, volumes, flow::FLOW_NOISE_STD);
+                let start = noise.draw([indices.len(), 1, size, size, size], device)?;
+                let out = flow::sample(model, start, opts.steps, solver, &mut on_step)?;
+                crate::diffusion::SampleOutput { x: out.x, x0: out.x0 }
+            }
+            Plan::Diffusion(sampler) => {
+                let mut noise = VolumeNoise::new(opts.seed, volumes);
+                let start = noise.draw([indices.len(), 1, size, size, size], device)?;
+                match &fitted {
+                    Some((solver, field, t)) => integrate(model, start, t, *solver, *field, &mut on_step)?,
+                    None => sample(model, start, opts.steps, sampler, &mut noise, &mut on_step)?,
+                }
+            }
         };
         let seconds = started.elapsed().as_secs_f64() / indices.len() as f64;
         for (j, &i) in indices.iter().enumerate() {
@@ -557,6 +674,47 @@ pub fn run<N: Network>(
     Ok(manifest)
 }
 
+/// The process of the model a job samples from: what a prdit model file records (which must
+/// be the job's, when it names one); for an official weights file the job's, or else what its
+/// heads' shapes say (logged).
+fn model_process(model: &ModelRef, job: &SampleJob) -> Result<Process> {
+    let file = model.file();
+    let found = match model {
+        ModelRef::Official { .. } => {
+            if let Some(p) = job.process {
+                return Ok(p);
+            }
+            let sd = crate::weights::StateDict::open(file, job.entry)?;
+            let p = weights::heads_process(&sd).ok_or_else(|| {
+                Error::weights(
+                    file,
+                    "its output heads fit neither 2 channels (diffusion) nor 1 (flow matching)",
+                )
+            })?;
+            tracing::info!(
+                "{}: its heads have {} output channel(s): {}",
+                file.display(),
+                p.out_channels(),
+                p.describe()
+            );
+            return Ok(p);
+        }
+        _ => match checkpoint::model_format(file)?.as_str() {
+            f if f == <PrditSr as Network>::FORMAT => {
+                checkpoint::read_config::<PrditSr>(file)?.base.process()
+            }
+            _ => checkpoint::read_config::<Prdit>(file)?.process(),
+        },
+    };
+    match job.process {
+        Some(p) if p != found => Err(Error::weights(
+            file,
+            format!("holds a {} model, not {} (`--process {}`)", found.describe(), p.describe(), p.key()),
+        )),
+        _ => Ok(found),
+    }
+}
+
 /// Which intensities a job writes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Intensity {
@@ -585,8 +743,14 @@ pub struct SampleJob {
     pub out: PathBuf,
     pub num: usize,
     pub batch: usize,
-    pub steps: usize,
-    pub sampler: SamplerKind,
+    /// Steps (absent: 1000 for the diffusion, as the official sampler; 100 for flow matching,
+    /// as PRDiT-FM's).
+    pub steps: Option<usize>,
+    /// The sampler (absent: [`SamplerKind::default_for`] the model's process).
+    pub sampler: Option<SamplerKind>,
+    /// The process the model must be for: checked against a prdit model file, which records
+    /// it; for an official weights file it is read from its heads' shapes when absent.
+    pub process: Option<Process>,
     /// The ODE solvers' grid (absent: the solver's default).
     pub grid: Option<GridKind>,
     /// The ODE solvers' flow.
@@ -615,7 +779,14 @@ pub struct DataOverride {
 /// Runs a job: resolves the model file, reads what its run records about the training data
 /// (voxel spacing, HU window), loads the network the file holds and generates with [`run`].
 pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
-    let k = match (job.k, job.sampler) {
+    let model = resolve_model(&job.model, job.weights, Pick::Newest)?;
+    let process = model_process(&model, job)?;
+    let sampler = job.sampler.unwrap_or(SamplerKind::default_for(process));
+    let steps = job.steps.unwrap_or(match process {
+        Process::Ian => crate::diffusion::NUM_TIMESTEPS,
+        Process::Flow => flow::DEFAULT_STEPS,
+    });
+    let k = match (job.k, sampler) {
         (None, _) => DEFAULT_K,
         (Some(k), SamplerKind::Hot) => k,
         (Some(_), other) => {
@@ -625,7 +796,6 @@ pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
             ));
         }
     };
-    let model = resolve_model(&job.model, job.weights, Pick::Newest)?;
     if model.is_prdit() && job.network.is_some() {
         return Err(Error::invalid(
             "model",
@@ -680,12 +850,13 @@ pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
         out: job.out.clone(),
         num: job.num,
         batch: job.batch,
-        steps: job.steps,
-        sampler: job.sampler,
+        steps,
+        sampler,
         grid: job.grid,
         field: job.field,
         k,
         seed: job.seed,
+        process,
         hu,
         write_x0: job.write_x0,
         spacing_mm: info.as_ref().map_or([1.0; 3], |i| i.spacing_mm),
@@ -695,8 +866,7 @@ pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
     };
     let file = model.file();
     let sha256 = sha256_file(file)?;
-    let calls =
-        crate::diffusion::sampler::network_calls(job.sampler.sampler(k, job.grid, job.field)?, job.steps)?;
+    let calls = sampler.plan(process, k, job.grid, job.field)?.network_calls(steps)?;
     let bar = crate::progress::bar((job.num * calls) as u64, "steps", job.progress);
     let mut progress = |done: usize, total: usize, step: usize, _n: usize| {
         if let Some(b) = &bar {
@@ -718,6 +888,7 @@ pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
                     format!("{} is an official weights file, which does not say its network", file.display()),
                 )
             })?;
+            let cfg = &PrditConfig { out_channels: process.out_channels(), ..cfg.clone() };
             let m = weights::load_official(file, job.entry, cfg, device)?;
             let source = source(format!("official ({:?} entry)", job.entry), cfg.name());
             run(&m, source, &opts, device, &mut progress)?

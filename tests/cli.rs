@@ -73,7 +73,8 @@ fn closed_choices_are_checked_before_anything_runs() {
     let out = out.to_str().unwrap();
     // Each refused by the argument parser with the accepted values, before any work.
     for (args, values) in [
-        (vec!["sample", "--run", "nowhere", "--out", out, "--sampler", "euler"], "hot, deterministic, ddim"),
+        (vec!["sample", "--run", "nowhere", "--out", out, "--sampler", "rk4"], "hot, deterministic, ddim"),
+        (vec!["sample", "--run", "nowhere", "--out", out, "--process", "ddpm"], "ian, flow"),
         (
             vec!["bench", "--what", "everything"],
             "train, train-local, train-global, train-highres, sample, all",
@@ -326,6 +327,7 @@ fn the_full_demo_generates_the_phantoms_anatomy() {
         device: burn::tensor::Device::flex(),
         progress: false,
         stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        process: prdit::diffusion::Process::Ian,
     };
     let started = std::time::Instant::now();
     let outcome = prdit::demo::run(&opts, &mut |_| {}).unwrap();

@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use rand::RngExt;
 use rand::seq::SliceRandom;
 
 use super::dataset::Dataset;
+use crate::diffusion::Process;
 use crate::diffusion::noise::{Purpose, normal_noise, stream_rng};
-use crate::diffusion::{NOISE_STD, NUM_TIMESTEPS};
 use crate::error::{Error, Result};
 
 /// One training batch on the host.
@@ -24,9 +23,10 @@ pub struct Batch {
     pub indices: Vec<usize>,
     /// `[batch, 1, S, S, S]` model-space volumes, row-major.
     pub x0: Vec<f32>,
-    /// One diffusion time per volume, uniform in 0..T.
-    pub t: Vec<usize>,
-    /// `[batch, 1, S, S, S]` noise ε = 0.5·z.
+    /// One time per volume: a diffusion step uniform in 0..T (an integer as a float), or a
+    /// flow time uniform in [0, 1).
+    pub t: Vec<f32>,
+    /// `[batch, 1, S, S, S]` noise: ε = 0.5·z for the diffusion, z for flow matching.
     pub noise: Vec<f32>,
 }
 
@@ -37,18 +37,20 @@ pub struct BatchPlan {
     pub train: Vec<usize>,
     pub batch: usize,
     pub seed: u64,
+    /// Which process's times and noise to draw.
+    pub process: Process,
 }
 
 impl BatchPlan {
     /// Checks that a full batch fits the training set.
-    pub fn new(train: Vec<usize>, batch: usize, seed: u64) -> Result<Self> {
+    pub fn new(train: Vec<usize>, batch: usize, seed: u64, process: Process) -> Result<Self> {
         if train.len() < batch {
             return Err(Error::invalid(
                 "train.batch_size",
                 format!("{batch} is larger than the {} training volumes", train.len()),
             ));
         }
-        Ok(BatchPlan { train, batch, seed })
+        Ok(BatchPlan { train, batch, seed, process })
     }
 
     /// Full batches per epoch.
@@ -81,8 +83,9 @@ impl BatchPlan {
             data.extend_f32(i, &mut x0);
         }
         let mut rng = stream_rng(self.seed, Purpose::Times, draw, 0);
-        let t = (0..self.batch).map(|_| rng.random_range(0..NUM_TIMESTEPS)).collect();
-        let noise = normal_noise(self.seed, Purpose::TrainNoise, draw, self.batch * voxels, NOISE_STD);
+        let t = self.process.draw_times(&mut rng, self.batch);
+        let noise =
+            normal_noise(self.seed, Purpose::TrainNoise, draw, self.batch * voxels, self.process.noise_std());
         Batch { draw, indices, x0, t, noise }
     }
 }
@@ -156,7 +159,7 @@ mod tests {
             })
             .collect();
         let data = Arc::new(Dataset::load(&files, 4, Storage::F32).unwrap());
-        let plan = BatchPlan::new(vec![0, 1, 2, 3, 4], 2, 9).unwrap();
+        let plan = BatchPlan::new(vec![0, 1, 2, 3, 4], 2, 9, Process::Ian).unwrap();
         assert_eq!(plan.batches_per_epoch(), 2);
         let loader = Loader::spawn(data.clone(), plan.clone(), 0, 6, 2);
         let all: Vec<Batch> = std::iter::from_fn(|| loader.next()).collect();
@@ -173,7 +176,7 @@ mod tests {
         e0.dedup();
         assert_eq!(e0.len(), 4);
         assert_eq!(all[0].x0[0], all[0].indices[0] as f32 * 0.1);
-        assert!(BatchPlan::new(vec![0, 1], 3, 0).is_err());
+        assert!(BatchPlan::new(vec![0, 1], 3, 0, Process::Ian).is_err());
         drop(Loader::spawn(data, plan, 0, 1000, 1)); // dropping a busy loader does not hang
     }
 }

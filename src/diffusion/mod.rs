@@ -6,16 +6,110 @@
 
 pub mod exact;
 pub mod fit;
+pub mod flow;
 pub mod noise;
 pub mod ode;
 pub mod sampler;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::error::{Error, Result};
+
 pub use noise::{InjectedNoise, NoiseSource, SeededNoise};
 pub use sampler::{SampleOutput, Sampler, sample, time_grid};
 
-pub use crate::denoiser::{Denoiser, split_prediction};
+pub use crate::denoiser::{Denoiser, VelocityModel, split_prediction};
+
+/// The generative process a model is trained for. It fixes the network's output channels, so
+/// a model file knows its process (`out_channels` of its configuration) and models of the two
+/// kinds do not mix.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Process {
+    /// PRDiT's image-and-noise diffusion: two output channels (ε̂, x̂₀), T = 1000 steps.
+    #[default]
+    Ian,
+    /// PRDiT-FM's straight-line flow matching: one output channel, the velocity ([`flow`]).
+    Flow,
+}
+
+impl Process {
+    /// Output channels of its networks: 2 (noise, image) or 1 (velocity).
+    pub fn out_channels(self) -> usize {
+        match self {
+            Process::Ian => 2,
+            Process::Flow => 1,
+        }
+    }
+
+    /// The process of a network with `out_channels` outputs.
+    pub fn of_channels(out_channels: usize) -> Result<Self> {
+        match out_channels {
+            2 => Ok(Process::Ian),
+            1 => Ok(Process::Flow),
+            n => Err(Error::invalid(
+                "out_channels",
+                format!(
+                    "is {n}: 2 is the image-and-noise diffusion (noise, image), 1 flow matching (velocity)"
+                ),
+            )),
+        }
+    }
+
+    /// The name in run files and manifests (`ian`, `flow`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Process::Ian => "ian",
+            Process::Flow => "flow",
+        }
+    }
+
+    /// A readable name.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Process::Ian => "image-and-noise diffusion",
+            Process::Flow => "flow matching",
+        }
+    }
+
+    /// Standard deviation of the training noise: 0.5 (ε) or 1 (z).
+    pub fn noise_std(self) -> f64 {
+        match self {
+            Process::Ian => NOISE_STD,
+            Process::Flow => flow::FLOW_NOISE_STD,
+        }
+    }
+
+    /// Draws one training time per volume: an integer step in 0..T (as a float) or a flow
+    /// time in [0, 1).
+    pub fn draw_times(self, rng: &mut chacha20::ChaCha8Rng, n: usize) -> Vec<f32> {
+        use rand::RngExt;
+        match self {
+            Process::Ian => (0..n).map(|_| rng.random_range(0..NUM_TIMESTEPS) as f32).collect(),
+            Process::Flow => (0..n).map(|_| rng.random::<f32>()).collect(),
+        }
+    }
+}
+
+/// The training loss of `process` for given times (integer steps for the diffusion, flow
+/// times for flow matching) and noise of [`Process::noise_std`].
+pub fn process_loss<M: Denoiser + VelocityModel>(
+    process: Process,
+    model: &M,
+    x0: Tensor<5>,
+    t: &[f32],
+    noise: Tensor<5>,
+) -> LossTerms {
+    match process {
+        Process::Ian => {
+            let steps: Vec<usize> = t.iter().map(|&v| v as usize).collect();
+            training_loss(model, x0, &steps, noise)
+        }
+        Process::Flow => flow::training_loss(model, x0, t, noise),
+    }
+}
 
 /// Number of diffusion steps T.
 pub const NUM_TIMESTEPS: usize = 1000;

@@ -20,7 +20,8 @@ pub struct PrditConfig {
     /// Input channels C (1 for CT).
     #[serde(default = "one")]
     pub in_channels: usize,
-    /// Output channels per voxel: 2 = (noise, image), the IaN parameterisation.
+    /// Output channels per voxel: 2 = (noise, image), the IaN parameterisation; 1 = the
+    /// velocity of flow matching (PRDiT-FM). It decides the process ([`Self::process`]).
     #[serde(default = "two")]
     pub out_channels: usize,
     /// Extraction window edge P (the `12` in `PRDiT-B/12/4`).
@@ -161,7 +162,7 @@ impl PrditConfig {
         let size =
             SIZES.iter().find(|(_, h, n)| *h == self.hidden_size && *n == self.num_heads).map(|(s, ..)| *s);
         let standard = self.in_channels == 1
-            && self.out_channels == 2
+            && matches!(self.out_channels, 1 | 2)
             && self.mlp_ratio == 4.0
             && self.frequency_size == 256
             && ((self.stride == 8 && self.patch_size >= 8 && self.padding == (self.patch_size - 8) / 2)
@@ -173,6 +174,11 @@ impl PrditConfig {
                 self.hidden_size, self.num_heads, self.patch_size, self.stride, self.padding, self.depth
             ),
         }
+    }
+
+    /// The generative process this network is for (from its output channels).
+    pub fn process(&self) -> crate::diffusion::Process {
+        crate::diffusion::Process::of_channels(self.out_channels).unwrap_or_default()
     }
 
     /// Checks every invariant the forward pass relies on; the error names the field.
@@ -191,12 +197,7 @@ impl PrditConfig {
                 return Err(Error::invalid(key, "must be at least 1"));
             }
         }
-        if self.out_channels != 2 {
-            return Err(Error::invalid(
-                "out_channels",
-                format!("is {}, but the image-and-noise diffusion needs 2 (noise, image)", self.out_channels),
-            ));
-        }
+        crate::diffusion::Process::of_channels(self.out_channels)?;
         if !self.frequency_size.is_multiple_of(2) {
             return Err(Error::invalid("frequency_size", "must be even (cos and sin halves)"));
         }

@@ -18,7 +18,8 @@ use super::network::Network;
 use super::patch::{extract_patches, unpatchify};
 use super::resample::{nearest, trilinear};
 use super::{Prdit, PrditConfig};
-use crate::denoiser::{Denoiser, split_prediction};
+use crate::denoiser::{Denoiser, VelocityModel, split_prediction};
+use crate::diffusion::{Process, flow};
 use crate::error::{Error, Result};
 
 /// The refinement model's shapes.
@@ -62,7 +63,7 @@ impl SrConfig {
         PrditConfig {
             input_size: self.target_size,
             in_channels: self.base.in_channels,
-            out_channels: 2,
+            out_channels: self.base.out_channels,
             patch_size: self.sr_patch_size,
             stride: self.sr_stride,
             padding: self.sr_padding,
@@ -207,28 +208,60 @@ impl PrditSr {
         self
     }
 
-    /// - `x_t`: `[batch, 1, T, T, T]`; `t`: one time per sample → `[batch, 2, T, T, T]`
+    /// - `x_t`: `[batch, 1, T, T, T]`; `t`: one network time per sample → `[batch, 2, T, T, T]`
+    ///   (a flow refinement: `[batch, 1, T, T, T]`, the velocity; network time 1000·t)
+    ///
+    /// A flow base's velocity is split into the image and noise it implies at its time
+    /// (`x̂ = x + (1 − t)·v̂`, `ẑ = x − t·v̂`), which are upsampled as the diffusion's heads are
+    /// (image trilinear, noise nearest) and recombined, `v̂↑ = x̂↑ − ẑ↑`, before the refinement's
+    /// residual velocity is added. (PRDiT-FM has no refinement stage; this is prdit's.)
     pub fn forward(&self, x_t: Tensor<5>, t: &[f32]) -> Tensor<5> {
         let cfg = &self.config;
         let (target, base_size) = (cfg.target_size, cfg.base.input_size);
         let x_lo = nearest(x_t.clone(), [base_size; 3]).detach(); // [b, 1, B, B, B], even voxels
-        let base_out = self.base.forward(x_lo, t);
+        let base_out = self.base.forward(x_lo.clone(), t);
         let base_out = if self.base_frozen { base_out.detach() } else { base_out };
-        let (eps_b, x0_b) = split_prediction(base_out);
-        let x0_up = trilinear(x0_b, [target; 3]); // image: trilinear, align_corners=False
-        let eps_up = nearest(eps_b, [target; 3]); // noise: nearest, deliberately
         let (c_sr, _) = self.t_embedder_sr.forward(t, &x_t.device());
         let local = cfg.local();
         let patches = extract_patches(x_t, local.patch_size, local.stride, local.padding).detach();
-        let y = unpatchify(self.sr.forward(patches, c_sr), local.grid(), local.stride, 2); // [b, 2, T, T, T]
-        let (eps_l, x0_l) = split_prediction(y);
-        Tensor::cat(vec![eps_l + eps_up, x0_l + x0_up], 1)
+        let channels = local.out_channels;
+        let y = unpatchify(self.sr.forward(patches, c_sr), local.grid(), local.stride, channels); // [b, C, T, T, T]
+        match cfg.base.process() {
+            Process::Ian => {
+                let (eps_b, x0_b) = split_prediction(base_out);
+                let x0_up = trilinear(x0_b, [target; 3]); // image: trilinear, align_corners=False
+                let eps_up = nearest(eps_b, [target; 3]); // noise: nearest, deliberately
+                let (eps_l, x0_l) = split_prediction(y);
+                Tensor::cat(vec![eps_l + eps_up, x0_l + x0_up], 1)
+            }
+            Process::Flow => {
+                let device = x_lo.device();
+                let flow_t: Vec<f32> = t.iter().map(|&v| v / flow::EMBED_T_SCALE).collect();
+                let col = |v: Vec<f32>| {
+                    let n = v.len();
+                    Tensor::<5>::from_data(burn::tensor::TensorData::new(v, [n, 1, 1, 1, 1]), &device)
+                };
+                let x_b = x_lo.clone() + base_out.clone() * col(flow_t.iter().map(|&v| 1.0 - v).collect());
+                let z_b = x_lo - base_out * col(flow_t);
+                y + trilinear(x_b, [target; 3]) - nearest(z_b, [target; 3])
+            }
+        }
     }
 }
 
 impl Denoiser for PrditSr {
     fn predict(&self, x_t: Tensor<5>, t: &[f32]) -> (Tensor<5>, Tensor<5>) {
-        split_prediction(self.forward(x_t, t))
+        match self.config.base.process() {
+            Process::Ian => split_prediction(self.forward(x_t, t)),
+            Process::Flow => flow::denoise(self, x_t, t),
+        }
+    }
+}
+
+impl VelocityModel for PrditSr {
+    fn velocity(&self, x_t: Tensor<5>, t: &[f32]) -> Tensor<5> {
+        assert_eq!(self.config.base.process(), Process::Flow, "a diffusion refinement has no velocity head");
+        self.forward(x_t, &flow::network_times(t))
     }
 }
 
@@ -238,6 +271,10 @@ impl Network for PrditSr {
 
     fn config(&self) -> &SrConfig {
         &self.config
+    }
+
+    fn process(cfg: &SrConfig) -> Process {
+        cfg.base.process()
     }
 
     fn name(cfg: &SrConfig) -> String {

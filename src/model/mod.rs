@@ -26,7 +26,8 @@ use layers::{InitSource, ParamSource};
 use local::MlpDenoiser;
 use patch::{extract_patches, unpatchify};
 
-use crate::denoiser::{Denoiser, split_prediction};
+use crate::denoiser::{Denoiser, VelocityModel, split_prediction};
+use crate::diffusion::{Process, flow};
 use crate::error::{Error, Result};
 use layers::PlaceholderSource;
 use network::Network;
@@ -117,7 +118,8 @@ impl Prdit {
     }
 
     /// - `x_t`: `[batch, C, S, S, S]`; `t`: one diffusion time per sample
-    /// - returns `[batch, 2, S, S, S]`: channel 0 = ε̂ (noise), channel 1 = x̂₀ (image)
+    /// - returns `[batch, 2, S, S, S]`: channel 0 = ε̂ (noise), channel 1 = x̂₀ (image); a flow
+    ///   network (`out_channels = 1`, network time 1000·t) returns `[batch, 1, S, S, S]`, v̂
     ///
     /// Panics, naming both shapes, on an input that does not fit (see [`check_input`](Self::check_input));
     /// [`try_forward`](Self::try_forward) returns that as an error instead.
@@ -178,8 +180,22 @@ impl Prdit {
 }
 
 impl Denoiser for Prdit {
+    /// The two heads of a diffusion network; for a flow network, the image and noise its
+    /// velocity implies at the matching flow time ([`crate::diffusion::flow::denoise`]).
     fn predict(&self, x_t: Tensor<5>, t: &[f32]) -> (Tensor<5>, Tensor<5>) {
-        split_prediction(self.forward(x_t, t))
+        match self.config.process() {
+            Process::Ian => split_prediction(self.forward(x_t, t)),
+            Process::Flow => flow::denoise(self, x_t, t),
+        }
+    }
+}
+
+impl VelocityModel for Prdit {
+    /// The flow network's output at `1000·t`. Panics on a diffusion network (two channels),
+    /// which has no velocity head.
+    fn velocity(&self, x_t: Tensor<5>, t: &[f32]) -> Tensor<5> {
+        assert_eq!(self.config.process(), Process::Flow, "a diffusion network has no velocity head");
+        self.forward(x_t, &flow::network_times(t))
     }
 }
 
@@ -189,6 +205,10 @@ impl Network for Prdit {
 
     fn config(&self) -> &PrditConfig {
         &self.config
+    }
+
+    fn process(cfg: &PrditConfig) -> Process {
+        cfg.process()
     }
 
     fn name(cfg: &PrditConfig) -> String {

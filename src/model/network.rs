@@ -6,11 +6,12 @@ use burn::tensor::Device;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::denoiser::Denoiser;
+use crate::denoiser::{Denoiser, VelocityModel};
+use crate::diffusion::Process;
 use crate::error::Result;
 
 /// A trainable, savable, sampleable network.
-pub trait Network: Module + Denoiser + 'static {
+pub trait Network: Module + Denoiser + VelocityModel + 'static {
     /// The shapes-fixing configuration, embedded in model files.
     type Config: Clone + PartialEq + std::fmt::Debug + Serialize + DeserializeOwned;
     /// The `prdit.format` value of this network's model files.
@@ -18,6 +19,9 @@ pub trait Network: Module + Denoiser + 'static {
 
     /// The configuration it was built for.
     fn config(&self) -> &Self::Config;
+
+    /// The generative process a configuration's network is for.
+    fn process(cfg: &Self::Config) -> Process;
 
     /// A readable name of a configuration.
     fn name(cfg: &Self::Config) -> String;

@@ -141,7 +141,12 @@ impl RunData {
             &run.root.join("data.json"),
             serde_json::to_string_pretty(&info).expect("serialises").as_bytes(),
         )?;
-        let plan = BatchPlan::new((0..train.len()).collect(), cfg.train.batch_size, cfg.train.seed)?;
+        let plan = BatchPlan::new(
+            (0..train.len()).collect(),
+            cfg.train.batch_size,
+            cfg.train.seed,
+            cfg.diffusion.process,
+        )?;
         Ok(RunData { train, val, plan, info })
     }
 }

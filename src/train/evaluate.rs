@@ -1,4 +1,7 @@
-//! The official validation: the EMA model's image-prediction MSE at t = 100 with fixed noise.
+//! The official validation: the EMA model's image-prediction MSE at t = 100 with fixed noise;
+//! for a flow model PRDiT-FM's, the MSE of the reconstruction `x_t + (1 − t)·v̂` at t = 0.5 (with
+//! fixed noise here; PRDiT-FM draws it unseeded, so its value changes from one evaluation to
+//! the next even for the same weights).
 
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -6,14 +9,23 @@ use crate::data::dataset::Dataset;
 use crate::data::volume::Volume;
 use crate::device::to_host;
 use crate::diffusion::noise::{Purpose, normal_noise};
-use crate::diffusion::{NOISE_STD, q_sample};
+use crate::diffusion::{Process, flow, q_sample};
 use crate::error::Result;
 use crate::model::network::Network;
 
 /// The diffusion time of the official validation (image-prediction MSE at t = 100).
 pub const VAL_T: usize = 100;
 
-/// Validation: mean over `val` of the image-prediction MSE at t = 100 with fixed noise, and
+/// The validation's time as the previews and logs show it: `t = 100` or `t = 0.5` (flow).
+pub fn val_time(process: Process) -> String {
+    match process {
+        Process::Ian => format!("t = {VAL_T}"),
+        Process::Flow => format!("t = {}", flow::VAL_T),
+    }
+}
+
+/// Validation: mean over `val` of the image-prediction MSE at t = 100 (flow: 0.5) with fixed
+/// noise, and
 /// the first volume's (x₀, x_t, x̂₀) for the preview.
 pub fn evaluate<N: Network>(
     ema: &N,
@@ -33,12 +45,21 @@ pub fn evaluate<N: Network>(
         for &i in chunk {
             val.extend_f32(i, &mut x0);
         }
-        let noise = normal_noise(seed, Purpose::ValNoise, n as u64, b * voxels, NOISE_STD);
+        let process = N::process(ema.config());
+        let noise = normal_noise(seed, Purpose::ValNoise, n as u64, b * voxels, process.noise_std());
         let x0 = Tensor::<5>::from_data(TensorData::new(x0, [b, 1, s, s, s]), device);
         let noise = Tensor::<5>::from_data(TensorData::new(noise, [b, 1, s, s, s]), device);
-        let t = vec![VAL_T; b];
-        let xt = q_sample(x0.clone(), &t, noise);
-        let (_, x0_hat) = ema.predict(xt.clone(), &vec![VAL_T as f32; b]);
+        let (xt, x0_hat) = match process {
+            Process::Ian => {
+                let xt = q_sample(x0.clone(), &vec![VAL_T; b], noise);
+                let (_, x0_hat) = ema.predict(xt.clone(), &vec![VAL_T as f32; b]);
+                (xt, x0_hat)
+            }
+            Process::Flow => {
+                let (x0_hat, xt) = flow::reconstruct(ema, x0.clone(), noise, flow::VAL_T);
+                (xt, x0_hat)
+            }
+        };
         let err = to_host(
             (x0_hat.clone() - x0.clone()).square().mean_dims(&[1, 2, 3, 4]),
             "the validation errors",

@@ -161,8 +161,9 @@ fn train_network<N: Trainable>(cfg: RunConfig, opts: &TrainOptions) -> Result<Su
         trainer.micro_batch = choice.micro;
     }
     tracing::info!(
-        "{} at {}³: {} parameters, {} trained; batch {}, {} steps",
+        "{} ({}) at {}³: {} parameters, {} trained; batch {}, {} steps",
         N::name(&net),
+        N::process(&net).describe(),
         N::volume_size(&net),
         trainer.model.num_params(),
         N::trained(&cfg, &net, opts.stage),
@@ -314,6 +315,7 @@ impl<N: Trainable> Session<'_, N> {
         let size = self.data.train.size();
         let mut report =
             Reporter::open(&self.run.metrics(), self.state.step, self.opts.progress, t.total_steps)?;
+        report.process = self.cfg.diffusion.process;
         let loader = Loader::spawn(
             self.data.train.clone(),
             self.data.plan.clone(),
@@ -437,11 +439,12 @@ impl<N: Trainable> Session<'_, N> {
         let (window, window_label, views) = shown(&views, info.window_hu.map(Window::from), info.value_range);
         let run_name =
             self.run.root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let at = evaluate::val_time(N::process(self.trainer.ema.config()));
         let preview = Preview {
-            title: format!("{run_name} · step {step} · validation volume 1, EMA weights, t = {VAL_T}"),
+            title: format!("{run_name} · step {step} · validation volume 1, EMA weights, {at}"),
             rows: vec![
                 ("data".into(), &views[0]),
-                (format!("noisy input (t = {VAL_T})"), &views[1]),
+                (format!("noisy input ({at})"), &views[1]),
                 ("reconstruction".into(), &views[2]),
             ],
             window,

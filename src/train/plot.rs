@@ -26,6 +26,9 @@ pub struct Curves {
     pub lr: Vec<(f64, f64)>,
     /// (step, steps per second).
     pub speed: Vec<(f64, f64)>,
+    /// A flow-matching run: one loss term (the velocity's), no image and noise terms, and the
+    /// validation is the reconstruction at t = 0.5.
+    pub flow: bool,
 }
 
 impl Curves {
@@ -40,6 +43,9 @@ impl Curves {
                 Some("train") => {
                     if let (Some(l), Some(i), Some(n)) = (f("loss"), f("loss_image"), f("loss_noise")) {
                         c.train.push((step, l, i, n));
+                    } else if let (Some(l), Some(_)) = (f("loss"), f("loss_velocity")) {
+                        c.train.push((step, l, f64::NAN, f64::NAN));
+                        c.flow = true;
                     }
                     if let Some(lr) = f("lr") {
                         c.lr.push((step, lr));
@@ -93,9 +99,12 @@ pub fn write_progress(metrics: &Path, png: &Path, title: &str) -> Result<()> {
             c.train.iter().map(|r| r.3).collect(),
         ];
         let mut lines = Vec::new();
-        for (values, name, colour) in
-            [(&loss[0], "loss", BLACK), (&loss[1], "image term", BLUE), (&loss[2], "noise term", RED)]
-        {
+        let terms = if c.flow {
+            vec![(&loss[0], "velocity MSE", BLACK)]
+        } else {
+            vec![(&loss[0], "loss", BLACK), (&loss[1], "image term", BLUE), (&loss[2], "noise term", RED)]
+        };
+        for (values, name, colour) in terms {
             lines.push(Line { points: zip(&steps, values), name: None, colour: colour.mix(0.2) });
             lines.push(Line {
                 points: zip(&steps, &smooth(values, span)),
@@ -105,7 +114,8 @@ pub fn write_progress(metrics: &Path, png: &Path, title: &str) -> Result<()> {
         }
         panel(&panels[0], "training loss (smoothed; raw faint)", "loss", &lines, true)
             .map_err(|e| err(&e))?;
-        let val = [Line { points: c.val.clone(), name: Some("image MSE at t = 100"), colour: GREEN.into() }];
+        let val_name = if c.flow { "reconstruction MSE at t = 0.5" } else { "image MSE at t = 100" };
+        let val = [Line { points: c.val.clone(), name: Some(val_name), colour: GREEN.into() }];
         panel(&panels[1], "validation (EMA weights)", "MSE", &val, true).map_err(|e| err(&e))?;
         let lr = [Line { points: c.lr.clone(), name: None, colour: MAGENTA.into() }];
         panel(&panels[2], "learning rate", "lr", &lr, false).map_err(|e| err(&e))?;

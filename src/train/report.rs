@@ -24,6 +24,9 @@ pub struct Reporter {
     count: u64,
     since: Instant,
     since_step: u64,
+    /// The run's process: the diffusion logs its image and noise terms, flow matching its one
+    /// velocity term.
+    pub process: crate::diffusion::Process,
 }
 
 fn now() -> f64 {
@@ -89,6 +92,7 @@ impl Reporter {
             count: 0,
             since: Instant::now(),
             since_step: step,
+            process: crate::diffusion::Process::Ian,
         })
     }
 
@@ -133,14 +137,24 @@ impl Reporter {
         let [loss, image, noise] = self.sums.map(|s| s / n);
         let secs = self.since.elapsed().as_secs_f64().max(1e-9);
         let steps_per_s = (step - self.since_step) as f64 / secs;
-        let rec = json!({
+        let flow = self.process == crate::diffusion::Process::Flow;
+        let mut rec = json!({
             "kind": "train", "step": step, "loss": loss, "loss_image": image, "loss_noise": noise,
             "lr": lr, "grad_norm": grad_norm, "steps_per_s": steps_per_s,
             "volumes_per_s": steps_per_s * batch as f64, "mem_reserved_bytes": mem, "skipped": skipped,
         });
+        let terms = if flow {
+            let map = rec.as_object_mut().expect("an object");
+            map.remove("loss_image");
+            map.remove("loss_noise");
+            map.insert("loss_velocity".into(), json!(loss));
+            "velocity MSE".to_string()
+        } else {
+            format!("image {image:.5}, noise {noise:.5}")
+        };
         let mem = mem.map(|m| format!(" mem {:.2} GiB", m as f64 / (1u64 << 30) as f64)).unwrap_or_default();
         let text = format!(
-            "step {step} loss {loss:.5} (image {image:.5}, noise {noise:.5}) lr {lr:.2e} |g| {} {steps_per_s:.2} steps/s {:.1} vol/s{mem}{}",
+            "step {step} loss {loss:.5} ({terms}) lr {lr:.2e} |g| {} {steps_per_s:.2} steps/s {:.1} vol/s{mem}{}",
             grad_norm.map_or("-".into(), |g| format!("{g:.3}")),
             steps_per_s * batch as f64,
             if skipped > 0 { format!(" skipped {skipped}") } else { String::new() }
@@ -158,8 +172,12 @@ impl Reporter {
 
     /// Writes an evaluation record, and redraws `progress.png`.
     pub fn eval(&mut self, step: u64, val_mse: f64, best: bool) -> Result<()> {
+        let what = match self.process {
+            crate::diffusion::Process::Ian => "image MSE at t=100",
+            crate::diffusion::Process::Flow => "reconstruction MSE at t=0.5",
+        };
         self.line(&format!(
-            "step {step} validation: image MSE at t=100 {val_mse:.6}{}",
+            "step {step} validation: {what} {val_mse:.6}{}",
             if best { " (best)" } else { "" }
         ))?;
         self.record(json!({"kind": "eval", "step": step, "val_mse": val_mse, "best": best}))?;

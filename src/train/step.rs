@@ -17,7 +17,7 @@ use super::ema::ema_update;
 use super::optim::{AdamW, AdamWConfig, clip_factor, global_norm};
 use crate::config::TrainSection;
 use crate::device::to_host;
-use crate::diffusion::training_loss;
+use crate::diffusion::process_loss;
 use crate::error::Result;
 use crate::model::network::Network;
 
@@ -75,7 +75,7 @@ enum Fault {
 fn shard_grads<N: Network>(
     model: &N,
     x0: Tensor<5>,
-    t: &[usize],
+    t: &[f32],
     noise: Tensor<5>,
     micro: usize,
     total: usize,
@@ -91,7 +91,8 @@ fn shard_grads<N: Network>(
     let mut sums = [0.0f64; 3];
     for start in (0..batch).step_by(micro) {
         let n = micro.min(batch - start);
-        let terms = training_loss(
+        let terms = process_loss(
+            N::process(model.config()),
             model,
             x0.clone().narrow(0, start, n),
             &t[start..start + n],
@@ -200,9 +201,9 @@ impl<N: Network> Trainer<N> {
     }
 
     /// One step on a batch: `x0`, `noise` `[batch, 1, S, S, S]` on the model's device, one
-    /// time per volume; `lr` the learning rate of this step.
+    /// time per volume (a diffusion step, or a flow time, as the model's process takes); `lr` the learning rate of this step.
     /// An error only when the losses cannot be read back from the device.
-    pub fn step(&mut self, x0: Tensor<5>, t: &[usize], noise: Tensor<5>, lr: f64) -> Result<StepOutcome> {
+    pub fn step(&mut self, x0: Tensor<5>, t: &[f32], noise: Tensor<5>, lr: f64) -> Result<StepOutcome> {
         self.step_at(x0, t, noise, lr, 0)
     }
 
@@ -211,7 +212,7 @@ impl<N: Network> Trainer<N> {
     pub fn step_at(
         &mut self,
         x0: Tensor<5>,
-        t: &[usize],
+        t: &[f32],
         noise: Tensor<5>,
         lr: f64,
         step: u64,

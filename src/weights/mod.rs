@@ -173,19 +173,44 @@ pub fn describe(sd: &StateDict) -> Option<String> {
     let out_dim = sd.shape("coarse.mlp_denoise.linear_final.weight")?[0];
     let depth = (0..).take_while(|i| sd.shape(&format!("fine.blocks.{i}.attn.qkv.weight")).is_some()).count();
     let patch = (token_dim as f64).cbrt().round() as usize;
-    let stride = ((out_dim / 2) as f64).cbrt().round() as usize;
+    let process = heads_process(sd)?;
+    let stride = ((out_dim / process.out_channels()) as f64).cbrt().round() as usize;
     let size = crate::model::config::SIZES.iter().find(|(_, h, _)| *h == hidden).map(|(s, ..)| *s);
     let name = size.map(|s| format!(" (looks like PRDiT-{s}/{patch}/{depth})")).unwrap_or_default();
     Some(format!(
-        "the file holds a network with hidden size {hidden}, patch {patch}, output patch {stride}, depth {depth}{name}"
+        "the file holds a {} network with hidden size {hidden}, patch {patch}, output patch {stride}, depth {depth}{name}",
+        process.describe()
     ))
+}
+
+/// The process a state dict's heads are for: one output channel per voxel of an output patch
+/// (`linear_final` has s³ rows, a cube: flow matching's velocity) or two (2·s³: noise and
+/// image). A number of rows that is neither is `None`.
+pub fn heads_process(sd: &StateDict) -> Option<crate::diffusion::Process> {
+    let rows = sd.shape("coarse.mlp_denoise.linear_final.weight")?[0];
+    let cube = |n: usize| {
+        let r = (n as f64).cbrt().round() as usize;
+        r * r * r == n
+    };
+    use crate::diffusion::Process;
+    if cube(rows) {
+        Some(Process::Flow)
+    } else if rows.is_multiple_of(2) && cube(rows / 2) {
+        Some(Process::Ian)
+    } else {
+        None
+    }
 }
 
 fn with_hint(e: Error, cfg: &PrditConfig, sd: &StateDict) -> Error {
     match (e, describe(sd)) {
         (Error::Weights { path, reason }, Some(d)) => Error::Weights {
             path,
-            reason: format!("{reason}\n  {d}; the configuration asks for {}", cfg.name()),
+            reason: format!(
+                "{reason}\n  {d}; the configuration asks for {} ({})",
+                cfg.name(),
+                cfg.process().describe()
+            ),
         },
         (e, _) => e,
     }

@@ -197,6 +197,7 @@ pub fn five_official_stage2_optimizer_steps_match(device: &Device) {
         },
         global: Some(GlobalSection::default()),
         highres: None,
+        diffusion: Default::default(),
     };
     cfg.validate().unwrap();
 
@@ -218,12 +219,12 @@ pub fn five_official_stage2_optimizer_steps_match(device: &Device) {
     let (losses, norms) = (list("losses"), list("grad_norms_before_clip"));
     assert_eq!((losses.len(), norms.len()), (steps, steps));
     for k in 0..steps {
-        let t: Vec<usize> = f32_of(&format!("step{k}.t"))
+        let t: Vec<f32> = f32_of(&format!("step{k}.t"))
             .data
             .iter()
             .map(|&v| {
                 assert_eq!(v.fract(), 0.0, "integer diffusion times");
-                v as usize
+                v
             })
             .collect();
         let noise = tensor::<5>(&f32_of(&format!("step{k}.noise")), &device);

@@ -1,0 +1,385 @@
+//! Parity with PRDiT-FM, the authors' flow-matching PRDiT (`tests/fixtures/flow`, or the folder
+//! in `PRDIT_FLOW_DIR`, made by `scripts/make-flow-fixture.py` from their own classes on the
+//! CPU in float32). The models are built from the fixture's `flow_meta.json` (configuration,
+//! batch, times, step counts), so a fixture made with other arguments runs through the same
+//! tests. CPU backend (f32).
+
+mod common;
+
+use burn::tensor::{Device, Tensor};
+use common::*;
+use prdit::PrditConfig;
+use prdit::diffusion::flow::{self, FlowSolver};
+use prdit::diffusion::{Process, VelocityModel};
+use prdit::model::Prdit;
+use prdit::train::stage2::is_stage1_key;
+use prdit::weights::{self, Entry, StateDict};
+
+// Tolerances, relative to the largest reference value, about ten times the largest error
+// measured (2-core CPU machine, burn-flex, float32) on the shipped fixture and on one made with
+// other arguments (24³, patch 6, stride 4, hidden 48, 2 heads, depth 1, batch 3):
+// - the timestep embedder's heads: measured ≤ 1.9e-6 (their own float32 run differs from
+//   float64 by 1.6e-5 there: a sinusoid of arguments up to 1000);
+const HEAD_TOL: f64 = 2e-5;
+// - velocities, the reconstruction and the samplers (up to ten network calls): ≤ 4.5e-7;
+const FORWARD_TOL: f64 = 5e-6;
+// - the losses: ≤ 7.8e-8;
+const LOSS_TOL: f64 = 1e-6;
+// - gradients, per tensor: ≤ 3.6e-6 on the shipped fixture, 1.2e-5 on the other (the shared
+//   trunk's weight, whose gradient sums over the token grid and the sinusoid's 256 features).
+const GRAD_TOL: f64 = 1e-4;
+
+fn flow_dir() -> std::path::PathBuf {
+    fixture_dir("PRDIT_FLOW_DIR", "flow")
+}
+
+struct FlowMeta {
+    config: PrditConfig,
+    batch: usize,
+    t: Vec<f32>,
+    euler_steps: usize,
+    heun_steps: usize,
+    trainable_stage2: Vec<String>,
+}
+
+fn read_flow_meta() -> FlowMeta {
+    let path = flow_dir().join("flow_meta.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let config: PrditConfig = serde_json::from_value(v["config"].clone()).expect("config fields");
+    config.validate().expect("fixture configuration is valid");
+    assert_eq!(config.process(), Process::Flow, "a flow fixture has one output channel");
+    assert_eq!(v["embed_t_scale"].as_f64(), Some(flow::EMBED_T_SCALE as f64), "fixture uses another t scale");
+    let int = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {}", path.display())) as usize;
+    FlowMeta {
+        config,
+        batch: int("batch"),
+        t: v["t"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+        euler_steps: int("euler_steps"),
+        heun_steps: int("heun_steps"),
+        trainable_stage2: v["trainable_stage2"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect(),
+    }
+}
+
+/// The stage-2 model (the fixture's weights) and the stage-1 model (their stage-1 subset at
+/// depth 0), both loaded strictly.
+fn models(meta: &FlowMeta, device: &Device) -> (Prdit, Prdit) {
+    let sd = StateDict::open(&flow_dir().join("flow_weights.safetensors"), Entry::Auto).unwrap();
+    let stage2 = weights::prdit_from_state_dict(&meta.config, &sd, device).unwrap_or_else(|e| panic!("{e}"));
+    let host = sd.keys().filter(|k| is_stage1_key(k)).map(|k| (k.to_string(), sd.read(k).unwrap())).collect();
+    let sd1 = StateDict::from_host(sd.path(), host);
+    let cfg1 = PrditConfig { depth: 0, ..meta.config.clone() };
+    let stage1 = weights::prdit_from_state_dict(&cfg1, &sd1, device).unwrap_or_else(|e| panic!("{e}"));
+    (stage1, stage2)
+}
+
+fn activations() -> std::collections::BTreeMap<String, prdit::weights::HostTensor> {
+    read_fixture(flow_dir().join("flow_activations.safetensors"))
+}
+
+#[test]
+fn path_embedding_and_velocities_match() {
+    let device = Device::flex();
+    let meta = read_flow_meta();
+    let (stage1, stage2) = models(&meta, &device);
+    let a = activations();
+    assert_eq!(a["x_data"].shape[0], meta.batch);
+    assert_eq!(meta.t, a["t"].data, "meta times and the stored t agree");
+    assert_eq!(flow::network_times(&meta.t), a["t_model"].data, "the embedder's input, t·1000 in float32");
+
+    let x = tensor::<5>(&a["x_data"], &device);
+    let z = tensor::<5>(&a["noise"], &device);
+    assert_close("xt", &host(flow::interpolate(x.clone(), z.clone(), &meta.t)), &a["xt"], 1e-6);
+    assert_close("target", &host(x - z), &a["target"], 1e-6);
+
+    let xt = tensor::<5>(&a["xt"], &device);
+    let trace = stage2.forward_trace(xt.clone(), &flow::network_times(&meta.t));
+    assert_close("c_coarse", &host(trace.c_coarse), &a["c_coarse"], HEAD_TOL);
+    assert_close("c_fine", &host(trace.c_fine.unwrap()), &a["c_fine"], HEAD_TOL);
+    assert_eq!(trace.out.dims()[1], 1, "one velocity channel");
+    assert_close("v_stage2", &host(trace.out), &a["v_stage2"], FORWARD_TOL);
+    assert_close(
+        "v_stage2 (velocity)",
+        &host(stage2.velocity(xt.clone(), &meta.t)),
+        &a["v_stage2"],
+        FORWARD_TOL,
+    );
+    assert_close("v_stage1", &host(stage1.velocity(xt, &meta.t)), &a["v_stage1"], FORWARD_TOL);
+}
+
+#[test]
+fn losses_and_gradients_of_both_stages_match() {
+    let device = Device::flex().autodiff();
+    let meta = read_flow_meta();
+    let (stage1, stage2) = models(&meta, &device);
+    let a = activations();
+    let want1 = read_fixture(flow_dir().join("flow_grads_stage1.safetensors"));
+    let want2 = read_fixture(flow_dir().join("flow_grads_stage2.safetensors"));
+    let mut trainable2 = meta.trainable_stage2.clone();
+    trainable2.sort();
+    assert_eq!(want2.keys().cloned().collect::<Vec<_>>(), trainable2, "the fixture's stage-2 gradients");
+    for (name, model, want, loss_key) in
+        [("stage 1", stage1, want1, "loss_stage1"), ("stage 2", stage2.freeze_stage1(), want2, "loss_stage2")]
+    {
+        let x = tensor::<5>(&a["x_data"], &device);
+        let z = tensor::<5>(&a["noise"], &device);
+        let terms = prdit::diffusion::process_loss(Process::Flow, &model, x, &meta.t, z);
+        let value = host(terms.total.clone())[0] as f64;
+        let reference = a[loss_key].data[0] as f64;
+        let rel = (value - reference).abs() / reference;
+        eprintln!("{name} loss: {value} vs {reference}, relative error {rel:.3e}");
+        assert!(rel < LOSS_TOL, "{name} loss {value} vs {reference}");
+        let grads = terms.total.backward();
+        let got = weights::export::gradients(&model, &grads).unwrap();
+        let mut got_keys: Vec<&String> = got.keys().collect();
+        got_keys.sort();
+        assert_eq!(got_keys, want.keys().collect::<Vec<_>>(), "{name}: which parameters train");
+        for (key, w) in &want {
+            assert_eq!(&got[key].shape, &w.shape, "{key}");
+            assert_close(&format!("{name} {key}"), &got[key].data, w, GRAD_TOL);
+        }
+    }
+}
+
+#[test]
+fn validation_reconstruction_matches() {
+    let device = Device::flex();
+    let meta = read_flow_meta();
+    let (stage1, _) = models(&meta, &device);
+    let a = activations();
+    let (recon, xt) =
+        flow::reconstruct(&stage1, tensor(&a["x_data"], &device), tensor(&a["noise"], &device), flow::VAL_T);
+    assert_close("xt at t = 0.5", &host(xt), &a["xt_t05"], 1e-6);
+    assert_close("reconstruction at t = 0.5", &host(recon), &a["recon_t05"], FORWARD_TOL);
+}
+
+#[test]
+fn euler_and_heun_samplers_match() {
+    let device = Device::flex();
+    let meta = read_flow_meta();
+    let (stage1, stage2) = models(&meta, &device);
+    let a = activations();
+    let start: Tensor<5> = tensor(&a["start_noise"], &device);
+    let (e, h) = (meta.euler_steps, meta.heun_steps);
+    let run = |m: &Prdit, steps, solver| {
+        let mut calls = 0;
+        let out = flow::sample(m, start.clone(), steps, solver, &mut |done, _| calls = done).unwrap();
+        assert_eq!(calls, flow::network_calls(solver, steps));
+        host(out.x)
+    };
+    assert_close(
+        &format!("euler {e}"),
+        &run(&stage2, e, FlowSolver::Euler),
+        &a[&format!("euler{e}_final")],
+        FORWARD_TOL,
+    );
+    assert_close(
+        &format!("heun {h}"),
+        &run(&stage2, h, FlowSolver::Heun),
+        &a[&format!("heun{h}_final")],
+        FORWARD_TOL,
+    );
+    assert_close(
+        &format!("euler {e}, stage 1"),
+        &run(&stage1, e, FlowSolver::Euler),
+        &a[&format!("euler{e}_stage1_final")],
+        FORWARD_TOL,
+    );
+}
+
+#[test]
+fn their_checkpoint_loads_strictly_and_only_as_a_flow_model() {
+    let device = Device::flex();
+    let meta = read_flow_meta();
+    let (_, stage2) = models(&meta, &device);
+    let want = weights::export::state_dict(&stage2).unwrap();
+    let pt = flow_dir().join("flow_checkpoint.pt");
+    for entry in [Entry::Ema, Entry::Model] {
+        let sd = StateDict::open(&pt, entry).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(weights::heads_process(&sd), Some(Process::Flow), "read from the heads' shapes");
+        let m = weights::load_official(&pt, entry, &meta.config, &device).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(weights::export::state_dict(&m).unwrap(), want, "{entry:?}");
+    }
+    // The same network for the diffusion (two output channels) refuses it, naming the heads.
+    let ian = PrditConfig { out_channels: 2, ..meta.config.clone() };
+    let err = weights::load_official(&pt, Entry::Ema, &ian, &device).unwrap_err().to_string();
+    for needle in ["linear_final", "flow matching", "image-and-noise diffusion", "nothing was loaded"] {
+        assert!(err.contains(needle), "`{needle}` not in: {err}");
+    }
+    // And a diffusion stage 1 (the parity fixture) does not become a flow model's frozen stage 1.
+    let parity = StateDict::open(&parity_dir().join("parity_weights.safetensors"), Entry::Auto).unwrap();
+    assert_eq!(weights::heads_process(&parity), Some(Process::Ian));
+}
+
+/// A flow run through the real binary, every stage: stage 1 learns (its loss falls, validation
+/// is the reconstruction at t = 0.5), a killed run resumes to the same losses and bit-identical
+/// weights, stage 2 keeps the frozen flow stage 1 exactly and refuses a diffusion stage 1, the
+/// refinement trains on the flow base, and `sample` writes volumes with PRDiT-FM's Euler and
+/// Heun and with UniPC, records the process, and refuses the diffusion's samplers.
+#[test]
+fn a_flow_run_trains_resumes_and_samples() {
+    use common::run::*;
+    use prdit::weights::{checkpoint, export};
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 10);
+    let flow = "[diffusion]\nprocess = \"flow\"\n";
+    let cfg1 = config(dir.path(), "local.toml", &data, 0, "total_steps = 12\neval_every = 6\n");
+    let append = |path: &std::path::Path| {
+        let text = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, format!("{text}{flow}")).unwrap();
+    };
+    append(&cfg1);
+    let run1 = dir.path().join("local");
+    let out = ok(&train("train-local", &cfg1, &run1, &[], &[]));
+    assert!(out.contains("finished at step 12/12"), "{out}");
+    let log = std::fs::read_to_string(run1.join("train.log")).unwrap();
+    assert!(log.contains("(velocity MSE)") && log.contains("reconstruction MSE at t=0.5"), "{log}");
+    let train_records = records(&run1, "train");
+    assert!(train_records.iter().all(|r| r["loss_velocity"] == r["loss"] && r["loss_image"].is_null()));
+    let l = losses(&run1);
+    let mean = |s: &[(u64, f64)]| s.iter().map(|x| x.1).sum::<f64>() / s.len() as f64;
+    assert!(mean(&l[8..]) < mean(&l[..4]), "the velocity loss falls: {l:?}");
+    assert_eq!(records(&run1, "eval").len(), 2);
+    assert!(run1.join("progress.png").is_file() && run1.join("previews/step-000000012.png").is_file());
+    let recorded = std::fs::read_to_string(run1.join("config.toml")).unwrap();
+    assert!(recorded.contains("[diffusion]") && recorded.contains("process = \"flow\""), "{recorded}");
+
+    // Killed after step 10 (last checkpoint 8), resumed: the same run.
+    let killed = dir.path().join("killed");
+    let o = train("train-local", &cfg1, &killed, &[], &[("PRDIT_FAULT_INJECT", "abort-after-step:10")]);
+    assert!(!o.status.success());
+    ok(&train("train-local", &cfg1, &killed, &["--resume"], &[]));
+    assert_eq!(losses(&killed), l, "bit-identical losses after the resume");
+    let device = Device::flex();
+    let weights = |run: &std::path::Path, step: u64| {
+        let file = run.join(format!("checkpoints/step-{step:09}/model.bpk"));
+        export::state_dict(&checkpoint::load::<Prdit>(&file, &device).unwrap()).unwrap()
+    };
+    assert_eq!(weights(&killed, 12), weights(&run1, 12), "bit-identical weights after the resume");
+
+    // Stage 2 on the flow stage 1; a diffusion stage 1 is refused.
+    let cfg2 = config(dir.path(), "global.toml", &data, 1, "total_steps = 4\n");
+    append(&cfg2);
+    let run2 = dir.path().join("global");
+    let out = ok(&train("train-global", &cfg2, &run2, &["--local", run1.to_str().unwrap()], &[]));
+    assert!(out.contains("finished at step 4/4"), "{out}");
+    let (s1, s2) = (weights(&run1, 12), weights(&run2, 4));
+    for (k, v) in &s1 {
+        assert_eq!(v, &s2[k], "{k}: the frozen flow stage 1");
+    }
+    let ian1 = config(dir.path(), "ian-local.toml", &data, 0, "total_steps = 1\n");
+    let ian_run = dir.path().join("ian-local");
+    ok(&train("train-local", &ian1, &ian_run, &[], &[]));
+    let e = err(&train(
+        "train-global",
+        &cfg2,
+        &dir.path().join("mixed"),
+        &["--local", ian_run.to_str().unwrap()],
+        &[],
+    ));
+    assert!(e.contains("out_channels: 2 in the file, 1 asked"), "{e}");
+
+    // The refinement of the flow model to 32³.
+    let high = phantoms(dir.path(), "high", 6, 32);
+    let text =
+        std::fs::read_to_string(&cfg2).unwrap().replace(data.to_str().unwrap(), high.to_str().unwrap());
+    let cfg3 = dir.path().join("highres.toml");
+    let sr = "target_size = 32\nsr_hidden_size = 48\nsr_patch_size = 4\nsr_stride = 2\nsr_padding = 1\n";
+    std::fs::write(&cfg3, format!("{text}[highres]\nbase = \"{}\"\n{sr}", run2.display())).unwrap();
+    let run3 = dir.path().join("highres");
+    let out = ok(&train("train-highres", &cfg3, &run3, &[], &[]));
+    assert!(out.contains("finished at step 4/4"), "{out}");
+    assert!(losses(&run3).iter().all(|(_, v)| v.is_finite()));
+
+    // Sampling: PRDiT-FM's solvers by default, the few-step solvers through the time change.
+    for (run, args, size) in [
+        (&run2, vec!["--steps", "4"], 16),
+        (&run2, vec!["--sampler", "heun", "--steps", "2"], 16),
+        (&run2, vec!["--sampler", "unipc", "--steps", "4"], 16),
+        (&run3, vec!["--steps", "2"], 32),
+    ] {
+        let out = dir.path().join(format!("samples-{}", args.join("-")));
+        let mut all =
+            vec!["sample", "--run", run.to_str().unwrap(), "--out", out.to_str().unwrap(), "--num", "1"];
+        all.extend(args.iter().copied());
+        ok(&prdit(&all, &[]));
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(m["options"]["process"], "flow", "{m}");
+        let sampler = args.iter().position(|a| *a == "--sampler").map_or("euler", |i| args[i + 1]);
+        assert_eq!(m["options"]["sampler"], sampler, "{m}");
+        let vol = prdit::data::nifti::read_volume(&out.join("xs/sample-00000.nii.gz")).unwrap();
+        assert_eq!(vol.dims, [size; 3]);
+        assert!(vol.data.iter().all(|v| v.is_finite()));
+    }
+    let out = dir.path().join("refused");
+    for (args, needle) in [
+        (vec!["--sampler", "hot"], "sampler of the image-and-noise diffusion"),
+        (vec!["--process", "ian"], "holds a flow matching model, not image-and-noise diffusion"),
+    ] {
+        let mut all = vec!["sample", "--run", run2.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        all.extend(args.iter().copied());
+        let e = err(&prdit(&all, &[]));
+        assert!(e.contains(needle), "{e}");
+    }
+    let e = err(&prdit(
+        &["sample", "--run", ian_run.to_str().unwrap(), "--out", out.to_str().unwrap(), "--sampler", "euler"],
+        &[],
+    ));
+    assert!(e.contains("euler is flow matching's sampler"), "{e}");
+}
+
+/// `prdit sample` on PRDiT-FM's own checkpoint: the process is read from its heads (and said),
+/// the weights load strictly, and `--process ian` is refused by the strict load.
+#[test]
+fn sample_reads_their_checkpoint_as_a_flow_model() {
+    use common::run::*;
+    let dir = tempfile::tempdir().unwrap();
+    let meta = read_flow_meta();
+    let model = dir.path().join("model.toml");
+    std::fs::write(&model, toml::to_string(&PrditConfig { out_channels: 2, ..meta.config.clone() }).unwrap())
+        .unwrap();
+    let pt = flow_dir().join("flow_checkpoint.pt");
+    let out = dir.path().join("fm");
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "sample".to_string(),
+            "--checkpoint".into(),
+            pt.to_str().unwrap().into(),
+            "--model".into(),
+            model.to_str().unwrap().into(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+            "--num".into(),
+            "1".into(),
+            "--steps".into(),
+            "2".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |extra: &[&'static str]| {
+        let a = args(extra);
+        prdit(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[("PRDIT_LOG", "info")])
+    };
+    let o = run(&[]);
+    let log = String::from_utf8_lossy(&o.stderr).into_owned();
+    ok(&o);
+    assert!(log.contains("1 output channel(s): flow matching"), "{log}");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        (m["options"]["process"].as_str(), m["options"]["sampler"].as_str()),
+        (Some("flow"), Some("euler"))
+    );
+    let e = err(&run(&["--process", "ian"]));
+    assert!(
+        e.contains("coarse.mlp_denoise.linear_final.weight") && e.contains("flow matching network"),
+        "{e}"
+    );
+}
