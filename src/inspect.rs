@@ -183,7 +183,7 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let c = &self.config;
         let p = &self.params;
-        writeln!(f, "{} at {}³", self.name, c.input_size)?;
+        writeln!(f, "{} at {}³ ({})", self.name, c.input_size, c.process().describe())?;
         writeln!(
             f,
             "  patches      {}³ windows, stride {}, reflect padding {}; token width D = {}",
@@ -328,7 +328,21 @@ pub fn inspect(opts: &InspectOptions, device: impl FnOnce() -> Result<Selected>)
         _ => None,
     };
     let cfg = match (&opts.model, embedded) {
-        (Some(m), _) => model_config(m, opts.size)?,
+        // An official file's process is in its heads' shapes (one output channel: flow
+        // matching); a name or model file that does not say it is given that one.
+        (Some(m), _) => {
+            let cfg = model_config(m, opts.size)?;
+            let heads = match &resolved {
+                Some(r @ ModelRef::Official { .. }) => {
+                    weights::heads_process(&StateDict::open(r.file(), opts.entry)?)
+                }
+                _ => None,
+            };
+            match heads {
+                Some(p) => PrditConfig { out_channels: p.out_channels(), ..cfg },
+                None => cfg,
+            }
+        }
         (None, Some(cfg)) => cfg,
         (None, None) => {
             return Err(Error::invalid(

@@ -383,3 +383,26 @@ fn sample_reads_their_checkpoint_as_a_flow_model() {
         "{e}"
     );
 }
+
+/// `prdit demo --process flow`, shortened to 2 steps per stage: the flow runs and samples go
+/// to their own folders, next to where the diffusion demo's would be.
+#[test]
+fn the_flow_demo_runs_into_its_own_folders() {
+    use common::run::*;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let text =
+        ok(&prdit(&["demo", "--out", out.to_str().unwrap(), "--process", "flow", "--steps", "2"], &[]));
+    assert!(text.contains("noisy at t = 0.5") && text.contains("generated volumes"), "{text}");
+    for run in ["runs/local-flow", "runs/global-flow"] {
+        let cfg = std::fs::read_to_string(out.join(run).join("config.toml")).unwrap();
+        assert!(cfg.contains("process = \"flow\""), "{run}: {cfg}");
+    }
+    assert!(!out.join("runs/local").exists() && !out.join("samples").exists());
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("samples-flow/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["options"]["process"], "flow");
+    assert_eq!((m["options"]["sampler"].as_str(), m["options"]["steps"].as_u64()), (Some("euler"), Some(30)));
+    assert_eq!(m["volumes"].as_array().unwrap().len(), 2);
+}
