@@ -69,7 +69,7 @@ fn run_flow(data: &Mixture, edge: usize, n: usize, solver: FlowSolver, steps: us
     let x =
         SeededNoise::new(seed, flow::FLOW_NOISE_STD).draw([n, 1, edge, edge, edge], &device).expect("noise");
     let out = flow::sample(&AsVelocity(data), x, steps, solver, &mut |_, _| {}).expect("sampling runs");
-    distance(data, &to_sets(out.x, n))
+    distance(data, &to_sets(out, n))
 }
 
 fn cell(d: &Distance) -> String {

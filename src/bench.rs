@@ -448,8 +448,9 @@ impl Bench {
         let mut trainer = Trainer::start(model, &recipe);
         let shape = [batch, 1, s, s, s];
         let x0 = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), &ad);
-        let noise = Tensor::<5>::random(shape, Distribution::Normal(0.0, 0.5), &ad);
-        let scale = match N::process(trainer.model.config()) {
+        let process = N::process(trainer.model.config());
+        let noise = Tensor::<5>::random(shape, Distribution::Normal(0.0, process.noise_std()), &ad);
+        let scale = match process {
             crate::diffusion::Process::Ian => 1.0,
             crate::diffusion::Process::Flow => 1e-3,
         };

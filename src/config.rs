@@ -25,8 +25,9 @@ pub struct RunConfig {
     /// Stage 3 only: the refinement and the model it refines (`[model]` is that base model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub highres: Option<HighresSection>,
-    /// The generative process (absent: PRDiT's image-and-noise diffusion).
-    #[serde(default)]
+    /// The generative process (absent: PRDiT's image-and-noise diffusion; written only when it
+    /// is another, so that diffusion run files stay as they were).
+    #[serde(default, skip_serializing_if = "DiffusionSection::is_default")]
     pub diffusion: DiffusionSection,
 }
 
@@ -38,6 +39,12 @@ pub struct DiffusionSection {
     /// `flow`: PRDiT-FM's straight-line flow matching, one velocity channel.
     #[serde(default)]
     pub process: crate::diffusion::Process,
+}
+
+impl DiffusionSection {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// `[model]`: an official name plus the volume size, or explicit fields; explicit fields
@@ -69,11 +76,6 @@ pub struct ModelSection {
 }
 
 impl ModelSection {
-    /// The network this section describes, for the image-and-noise diffusion.
-    pub fn resolve(&self) -> Result<PrditConfig> {
-        self.resolve_for(crate::diffusion::Process::Ian)
-    }
-
     /// The network this section describes, with the output channels of `process`.
     pub fn resolve_for(&self, process: crate::diffusion::Process) -> Result<PrditConfig> {
         let base = match &self.name {

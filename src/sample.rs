@@ -116,9 +116,7 @@ impl Plan {
         match self {
             Plan::Diffusion(s) => crate::diffusion::sampler::network_calls(s, steps),
             Plan::Flow(s) => {
-                if steps == 0 || steps > crate::diffusion::NUM_TIMESTEPS {
-                    return Err(Error::invalid("steps", format!("{steps} is not in 1..=1000")));
-                }
+                flow::check_steps(steps)?;
                 Ok(flow::network_calls(s, steps))
             }
         }
@@ -236,7 +234,7 @@ impl SamplerKind {
 
     /// The update rule with jump `k` (hot) on `grid` and `field` (ODE solvers; each has a
     /// default grid).
-    pub fn sampler(self, k: usize, grid: Option<GridKind>, field: FieldKind) -> Result<Sampler> {
+    fn sampler(self, k: usize, grid: Option<GridKind>, field: FieldKind) -> Result<Sampler> {
         use crate::diffusion::sampler::{Field, Grid, Solver};
         let solver = match self {
             SamplerKind::Hot | SamplerKind::Deterministic => {
@@ -252,9 +250,7 @@ impl SamplerKind {
                     Sampler::Deterministic
                 });
             }
-            SamplerKind::Euler => {
-                return Err(Error::invalid("sampler", "euler is flow matching's sampler (PRDiT-FM)"));
-            }
+            SamplerKind::Euler => unreachable!("plan() takes euler before"),
             SamplerKind::Ddim => Solver::Ddim,
             SamplerKind::Dpm2m => Solver::DpmPp2m,
             SamplerKind::Dpm3m => Solver::DpmPp3m,
@@ -470,7 +466,10 @@ pub fn run<N: Network>(
     device: &Device,
     progress: Progress,
 ) -> Result<Manifest> {
-    let opts = &SampleOptions { process: N::process(model.config()), ..opts.clone() };
+    // A flow model's image and noise come from one velocity: the field means nothing there.
+    let process = N::process(model.config());
+    let field = if process == Process::Flow { FieldKind::Official } else { opts.field };
+    let opts = &SampleOptions { process, field, ..opts.clone() };
     let plan = opts.plan()?;
     if opts.num == 0 {
         return Err(Error::invalid("num", "the number of volumes must be at least 1"));
@@ -506,23 +505,32 @@ pub fn run<N: Network>(
     };
     if manifest_path.is_file() {
         let old = Manifest::read(&manifest_path)?;
-        let same = old.source.sha256 == manifest.source.sha256
-            && old.options.process == opts.process
-            && old.options.steps == opts.steps
-            && old.options.sampler == opts.sampler
-            && old.options.grid == opts.grid
-            && (old.options.field == opts.field || !opts.sampler.is_ode())
-            && (old.options.k == opts.k || opts.sampler != SamplerKind::Hot)
-            && old.options.seed == opts.seed
-            && old.options.hu == opts.hu;
-        if !same {
+        let (o, n) = (&old.options, opts);
+        let differ: Vec<&str> = [
+            ("checkpoint", old.source.sha256 != manifest.source.sha256),
+            ("process", o.process != n.process),
+            ("step count", o.steps != n.steps),
+            ("sampler", o.sampler != n.sampler),
+            ("grid", o.grid != n.grid),
+            ("field", o.field != n.field && n.sampler.is_ode()),
+            ("k", o.k != n.k && n.sampler == SamplerKind::Hot),
+            ("seed", o.seed != n.seed),
+            ("intensity scale", o.hu != n.hu),
+        ]
+        .into_iter()
+        .filter_map(|(what, differs)| differs.then_some(what))
+        .collect();
+        if !differ.is_empty() {
+            let process = if o.process != n.process {
+                format!(" ({} there, {} here)", o.process.describe(), n.process.describe())
+            } else {
+                String::new()
+            };
             return Err(Error::data(
                 &manifest_path,
                 format!(
-                    "this folder holds volumes from another checkpoint, process ({} there, {} here), \
-                     sampler, grid, field, step count, seed or intensity scale: choose another output folder",
-                    old.options.process.describe(),
-                    opts.process.describe()
+                    "this folder holds volumes of another {}{process}: choose another output folder",
+                    differ.join(", ")
                 ),
             ));
         }
@@ -632,8 +640,9 @@ pub fn run<N: Network>(
             Plan::Flow(solver) => {
                 let mut noise = VolumeNoise::with_std(opts.seed, volumes, flow::FLOW_NOISE_STD);
                 let start = noise.draw([indices.len(), 1, size, size, size], device)?;
-                let out = flow::sample(model, start, opts.steps, solver, &mut on_step)?;
-                crate::diffusion::SampleOutput { x: out.x, x0: out.x0 }
+                // PRDiT-FM writes its final state as the image too (`x0/` = `xs/`).
+                let x = flow::sample(model, start, opts.steps, solver, &mut on_step)?;
+                crate::diffusion::SampleOutput { x: x.clone(), x0: x }
             }
             Plan::Diffusion(sampler) => {
                 let mut noise = VolumeNoise::new(opts.seed, volumes);
@@ -679,39 +688,42 @@ pub fn run<N: Network>(
 /// heads' shapes say (logged).
 fn model_process(model: &ModelRef, job: &SampleJob) -> Result<Process> {
     let file = model.file();
-    let found = match model {
+    let (found, what) = match model {
         ModelRef::Official { .. } => {
-            if let Some(p) = job.process {
-                return Ok(p);
-            }
             let sd = crate::weights::StateDict::open(file, job.entry)?;
-            let p = weights::heads_process(&sd).ok_or_else(|| {
-                Error::weights(
-                    file,
-                    "its output heads fit neither 2 channels (diffusion) nor 1 (flow matching)",
-                )
-            })?;
-            tracing::info!(
-                "{}: its heads have {} output channel(s): {}",
-                file.display(),
-                p.out_channels(),
-                p.describe()
-            );
-            return Ok(p);
+            match weights::heads_process(&sd) {
+                Some(p) => (p, "its output heads are for"),
+                // Heads of neither shape: the strict load names them.
+                None => return Ok(job.process.unwrap_or_default()),
+            }
         }
         _ => match checkpoint::model_format(file)?.as_str() {
             f if f == <PrditSr as Network>::FORMAT => {
-                checkpoint::read_config::<PrditSr>(file)?.base.process()
+                (checkpoint::read_config::<PrditSr>(file)?.base.process(), "it holds a model of")
             }
-            _ => checkpoint::read_config::<Prdit>(file)?.process(),
+            f if f == <Prdit as Network>::FORMAT => {
+                (checkpoint::read_config::<Prdit>(file)?.process(), "it holds a model of")
+            }
+            other => {
+                return Err(Error::weights(
+                    file,
+                    format!("`{other}` is not a model file prdit can sample from"),
+                ));
+            }
         },
     };
     match job.process {
         Some(p) if p != found => Err(Error::weights(
             file,
-            format!("holds a {} model, not {} (`--process {}`)", found.describe(), p.describe(), p.key()),
+            format!("{what} {}, not {} (`--process {}`)", found.describe(), p.describe(), p.key()),
         )),
-        _ => Ok(found),
+        Some(_) => Ok(found),
+        None => {
+            if matches!(model, ModelRef::Official { .. }) {
+                tracing::info!("{}: {what} {}", file.display(), found.describe());
+            }
+            Ok(found)
+        }
     }
 }
 
@@ -779,6 +791,17 @@ pub struct DataOverride {
 /// Runs a job: resolves the model file, reads what its run records about the training data
 /// (voxel spacing, HU window), loads the network the file holds and generates with [`run`].
 pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
+    let no_jump = |other: SamplerKind| {
+        Err(Error::invalid(
+            "k",
+            format!("the jump of the hot sampler; the {} sampler has none", other.name()),
+        ))
+    };
+    if let (Some(_), Some(other)) = (job.k, job.sampler)
+        && other != SamplerKind::Hot
+    {
+        return no_jump(other);
+    }
     let model = resolve_model(&job.model, job.weights, Pick::Newest)?;
     let process = model_process(&model, job)?;
     let sampler = job.sampler.unwrap_or(SamplerKind::default_for(process));
@@ -789,12 +812,7 @@ pub fn sample_job(job: &SampleJob, device: &Device) -> Result<Manifest> {
     let k = match (job.k, sampler) {
         (None, _) => DEFAULT_K,
         (Some(k), SamplerKind::Hot) => k,
-        (Some(_), other) => {
-            return Err(Error::invalid(
-                "k",
-                format!("the jump of the hot sampler; the {} sampler has none", other.name()),
-            ));
-        }
+        (Some(_), other) => return no_jump(other),
     };
     if model.is_prdit() && job.network.is_some() {
         return Err(Error::invalid(

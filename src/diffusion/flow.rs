@@ -32,7 +32,8 @@ pub fn network_times(t: &[f32]) -> Vec<f32> {
     t.iter().map(|&v| v * EMBED_T_SCALE).collect()
 }
 
-fn per_sample(values: Vec<f32>, device: &Device) -> Tensor<5> {
+/// Per-sample coefficients `[batch, 1, 1, 1, 1]` from host values.
+pub fn per_sample(values: Vec<f32>, device: &Device) -> Tensor<5> {
     let n = values.len();
     Tensor::from_data(TensorData::new(values, [n, 1, 1, 1, 1]), device)
 }
@@ -91,32 +92,20 @@ fn grid_time(k: usize, steps: usize) -> f32 {
     (k as f64 * (1.0 / steps as f64)).min(1.0) as f32
 }
 
-/// What a flow sampling run returns.
-pub struct FlowOutput {
-    /// The state at t = 1.
-    pub x: Tensor<5>,
-    /// The image implied by the last network call, `x_t + (1 − t)·v̂` (at the last step's start
-    /// for Euler, at t = 1 for Heun's corrector, which is its state).
-    pub x0: Tensor<5>,
-}
-
 /// Integrates `dx/dt = v̂` from `x_start` (unit noise, t = 0) to t = 1 on the grid `k/N`;
-/// `on_step(done, total)` reports network calls.
+/// returns the state at t = 1. `on_step(done, total)` reports network calls.
 pub fn sample(
     model: &impl VelocityModel,
     x_start: Tensor<5>,
     steps: usize,
     solver: FlowSolver,
     on_step: &mut dyn FnMut(usize, usize),
-) -> Result<FlowOutput> {
-    if steps == 0 || steps > NUM_TIMESTEPS {
-        return Err(Error::invalid("steps", format!("{steps} is not in 1..={NUM_TIMESTEPS}")));
-    }
+) -> Result<Tensor<5>> {
+    check_steps(steps)?;
     let batch = x_start.dims()[0];
     let dt = (1.0 / steps as f64) as f32 as f64;
     let total = network_calls(solver, steps);
     let mut x = x_start;
-    let mut x0 = None;
     let mut calls = 0;
     for k in 0..steps {
         let t = grid_time(k, steps);
@@ -124,22 +113,34 @@ pub fn sample(
         calls += 1;
         on_step(calls, total);
         x = match solver {
-            FlowSolver::Euler => {
-                x0 = Some(x.clone() + v.clone() * (1.0 - t) as f64);
-                x + v * dt
-            }
+            FlowSolver::Euler => x + v * dt,
             FlowSolver::Heun => {
                 let x_pred = x.clone() + v.clone() * dt;
-                let t_next = grid_time(k + 1, steps);
-                let v_next = model.velocity(x_pred.clone(), &vec![t_next; batch]);
+                let v_next = model.velocity(x_pred, &vec![grid_time(k + 1, steps); batch]);
                 calls += 1;
                 on_step(calls, total);
-                x0 = Some(x_pred + v_next.clone() * (1.0 - t_next) as f64);
                 x + (v + v_next) * (dt * 0.5)
             }
         };
     }
-    Ok(FlowOutput { x, x0: x0.expect("at least one step") })
+    Ok(x)
+}
+
+/// A step count the flow's solvers take: 1 ..= 1000 (a bound of prdit's, as for the diffusion).
+pub fn check_steps(steps: usize) -> Result<()> {
+    if steps == 0 || steps > NUM_TIMESTEPS {
+        return Err(Error::invalid("steps", format!("{steps} is not in 1..={NUM_TIMESTEPS}")));
+    }
+    Ok(())
+}
+
+/// The image and unit noise a velocity implies at flow times `t` (one per sample):
+/// `x̂ = x + (1 − t)·v̂`, `ẑ = x − t·v̂`.
+pub fn split(x: Tensor<5>, v: Tensor<5>, t: &[f32]) -> (Tensor<5>, Tensor<5>) {
+    let device = x.device();
+    let image = x.clone() + v.clone() * per_sample(t.iter().map(|&v| 1.0 - v).collect(), &device);
+    let noise = x - v * per_sample(t.to_vec(), &device);
+    (image, noise)
 }
 
 /// The flow time and state scale matching diffusion time `tau` (spec §6): at angle φ,
@@ -162,9 +163,7 @@ pub fn denoise(model: &impl VelocityModel, x_t: Tensor<5>, tau: &[f32]) -> (Tens
     let scale = per_sample(changed.iter().map(|&(_, s)| s as f32).collect(), &device);
     let x = x_t * scale;
     let v = model.velocity(x.clone(), &t);
-    let one_minus = per_sample(t.iter().map(|&v| 1.0 - v).collect(), &device);
-    let x0 = x.clone() + v.clone() * one_minus;
-    let z = x - v * per_sample(t, &device);
+    let (x0, z) = split(x, v, &t);
     (z * NOISE_STD, x0)
 }
 
@@ -215,7 +214,7 @@ mod tests {
         for (solver, steps) in [(FlowSolver::Euler, 10), (FlowSolver::Euler, 1)] {
             let out = sample(&Constant(0.25), start.clone(), steps, solver, &mut |_, _| {}).unwrap();
             // Straight lines: Euler is exact on this field.
-            let err = (out.x - 0.25).abs().max().into_scalar::<f32>();
+            let err = (out - 0.25).abs().max().into_scalar::<f32>();
             assert!(err < 1e-5, "{solver:?} {steps}: {err}");
         }
     }
@@ -241,7 +240,7 @@ mod tests {
             let vn = 0.5 * xp + 2.0 * (t + h);
             want += h * 0.5 * (v + vn);
         }
-        let got = out.x.into_scalar::<f32>() as f64;
+        let got = out.into_scalar::<f32>() as f64;
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
         assert_eq!(calls, vec![(1, 4), (2, 4), (3, 4), (4, 4)]);
     }

@@ -104,6 +104,7 @@ pub fn process_loss<M: Denoiser + VelocityModel>(
 ) -> LossTerms {
     match process {
         Process::Ian => {
+            debug_assert!(t.iter().all(|v| v.fract() == 0.0 && (0.0..NUM_TIMESTEPS as f32).contains(v)));
             let steps: Vec<usize> = t.iter().map(|&v| v as usize).collect();
             training_loss(model, x0, &steps, noise)
         }

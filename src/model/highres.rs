@@ -235,14 +235,8 @@ impl PrditSr {
                 Tensor::cat(vec![eps_l + eps_up, x0_l + x0_up], 1)
             }
             Process::Flow => {
-                let device = x_lo.device();
                 let flow_t: Vec<f32> = t.iter().map(|&v| v / flow::EMBED_T_SCALE).collect();
-                let col = |v: Vec<f32>| {
-                    let n = v.len();
-                    Tensor::<5>::from_data(burn::tensor::TensorData::new(v, [n, 1, 1, 1, 1]), &device)
-                };
-                let x_b = x_lo.clone() + base_out.clone() * col(flow_t.iter().map(|&v| 1.0 - v).collect());
-                let z_b = x_lo - base_out * col(flow_t);
+                let (x_b, z_b) = flow::split(x_lo, base_out, &flow_t);
                 y + trilinear(x_b, [target; 3]) - nearest(z_b, [target; 3])
             }
         }

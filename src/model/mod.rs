@@ -174,7 +174,7 @@ impl Prdit {
             Some(f) => coarse_out.clone() + f.clone(),
             None => coarse_out.clone(),
         };
-        let out = unpatchify(sum, cfg.grid(), cfg.stride, cfg.out_channels); // [b, 2, S, S, S]
+        let out = unpatchify(sum, cfg.grid(), cfg.stride, cfg.out_channels); // [b, C_out, S, S, S]
         ForwardTrace { c_coarse, c_fine, patches, coarse_out, fine_out, out }
     }
 }

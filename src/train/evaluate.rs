@@ -16,6 +16,14 @@ use crate::model::network::Network;
 /// The diffusion time of the official validation (image-prediction MSE at t = 100).
 pub const VAL_T: usize = 100;
 
+/// What the validation measures, as logs and `progress.png` name it.
+pub fn val_label(process: Process) -> String {
+    match process {
+        Process::Ian => format!("image MSE at {}", val_time(process)),
+        Process::Flow => format!("reconstruction MSE at {}", val_time(process)),
+    }
+}
+
 /// The validation's time as the previews and logs show it: `t = 100` or `t = 0.5` (flow).
 pub fn val_time(process: Process) -> String {
     match process {

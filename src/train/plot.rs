@@ -55,6 +55,7 @@ impl Curves {
                     }
                 }
                 Some("eval") => {
+                    c.flow |= v["process"] == "flow";
                     if let Some(m) = f("val_mse") {
                         c.val.push((step, m));
                     }
@@ -114,8 +115,9 @@ pub fn write_progress(metrics: &Path, png: &Path, title: &str) -> Result<()> {
         }
         panel(&panels[0], "training loss (smoothed; raw faint)", "loss", &lines, true)
             .map_err(|e| err(&e))?;
-        let val_name = if c.flow { "reconstruction MSE at t = 0.5" } else { "image MSE at t = 100" };
-        let val = [Line { points: c.val.clone(), name: Some(val_name), colour: GREEN.into() }];
+        let process = if c.flow { crate::diffusion::Process::Flow } else { crate::diffusion::Process::Ian };
+        let val_name = super::evaluate::val_label(process);
+        let val = [Line { points: c.val.clone(), name: Some(&val_name), colour: GREEN.into() }];
         panel(&panels[1], "validation (EMA weights)", "MSE", &val, true).map_err(|e| err(&e))?;
         let lr = [Line { points: c.lr.clone(), name: None, colour: MAGENTA.into() }];
         panel(&panels[2], "learning rate", "lr", &lr, false).map_err(|e| err(&e))?;

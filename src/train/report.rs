@@ -148,6 +148,7 @@ impl Reporter {
             map.remove("loss_image");
             map.remove("loss_noise");
             map.insert("loss_velocity".into(), json!(loss));
+            map.insert("process".into(), json!("flow"));
             "velocity MSE".to_string()
         } else {
             format!("image {image:.5}, noise {noise:.5}")
@@ -172,15 +173,14 @@ impl Reporter {
 
     /// Writes an evaluation record, and redraws `progress.png`.
     pub fn eval(&mut self, step: u64, val_mse: f64, best: bool) -> Result<()> {
-        let what = match self.process {
-            crate::diffusion::Process::Ian => "image MSE at t=100",
-            crate::diffusion::Process::Flow => "reconstruction MSE at t=0.5",
-        };
+        let what = super::evaluate::val_label(self.process);
         self.line(&format!(
             "step {step} validation: {what} {val_mse:.6}{}",
             if best { " (best)" } else { "" }
         ))?;
-        self.record(json!({"kind": "eval", "step": step, "val_mse": val_mse, "best": best}))?;
+        self.record(
+            json!({"kind": "eval", "step": step, "val_mse": val_mse, "best": best, "process": self.process.key()}),
+        )?;
         self.plot(step);
         Ok(())
     }

@@ -36,9 +36,11 @@ pub fn stage1_weights(source: &Path, stage2: &PrditConfig) -> Result<(StateDict,
                 return Err(Error::weights(
                     file,
                     format!(
-                        "holds {}, which is not the stage 1 of {} ({})",
+                        "holds {} ({}), which is not the stage 1 of {} ({}) ({})",
                         found.name(),
+                        found.process().describe(),
                         stage2.name(),
+                        stage2.process().describe(),
                         checkpoint::config_diff(&found, &want)
                     ),
                 ));

@@ -173,13 +173,15 @@ pub fn describe(sd: &StateDict) -> Option<String> {
     let out_dim = sd.shape("coarse.mlp_denoise.linear_final.weight")?[0];
     let depth = (0..).take_while(|i| sd.shape(&format!("fine.blocks.{i}.attn.qkv.weight")).is_some()).count();
     let patch = (token_dim as f64).cbrt().round() as usize;
-    let process = heads_process(sd)?;
-    let stride = ((out_dim / process.out_channels()) as f64).cbrt().round() as usize;
+    let (kind, channels) = match heads_process(sd) {
+        Some(p) => (p.describe().to_string(), p.out_channels()),
+        None => (format!("unknown process's ({out_dim} output rows per token)"), 2),
+    };
+    let stride = ((out_dim / channels) as f64).cbrt().round() as usize;
     let size = crate::model::config::SIZES.iter().find(|(_, h, _)| *h == hidden).map(|(s, ..)| *s);
     let name = size.map(|s| format!(" (looks like PRDiT-{s}/{patch}/{depth})")).unwrap_or_default();
     Some(format!(
-        "the file holds a {} network with hidden size {hidden}, patch {patch}, output patch {stride}, depth {depth}{name}",
-        process.describe()
+        "the file holds a {kind} network with hidden size {hidden}, patch {patch}, output patch {stride}, depth {depth}{name}"
     ))
 }
 
