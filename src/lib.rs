@@ -25,6 +25,7 @@ pub mod model;
 pub mod prepare;
 pub mod progress;
 pub mod resolve;
+pub mod restore;
 pub mod sample;
 pub mod train;
 pub mod weights;
