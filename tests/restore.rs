@@ -102,3 +102,105 @@ fn each_task_restores_meets_its_measurement_and_resumes() {
     ));
     assert!(e.contains("phantom-00000.nii.gz") && e.contains("16³"), "{e}");
 }
+
+/// Parity with TF-PRDiT's guided samplers (`tests/fixtures/restore`, or `PRDIT_RESTORE_DIR`,
+/// made by `scripts/make-restore-fixture.py` from their own sampling code, with the original
+/// PRDiT network on the weights of the parity fixture and injected noise): the measurement, the
+/// first step's network output and guidance gradient, and the returned image after the
+/// fixture's steps, for each task. The settings come from the fixture's `restore_meta.json`.
+#[test]
+fn guided_samplers_match_tf_prdit() {
+    use burn::tensor::{Device, Tensor};
+    use common::*;
+    use prdit::diffusion::{InjectedNoise, NoiseSource};
+    use prdit::restore::{Guidance, Operator, guided, ops::gaussian_taps};
+
+    // Relative to the largest reference value, about ten times what was measured on the shipped
+    // fixture (2-core CPU): the measurements ≤ 4.1e-7, the network's first output ≤ 5.9e-7, the
+    // first guidance gradients ≤ 5.6e-7, the images returned after ten steps ≤ 6.2e-7.
+    const Y_TOL: f64 = 5e-6;
+    const FIRST_TOL: f64 = 6e-6;
+    const OUT_TOL: f64 = 6e-6;
+
+    let dir = fixture_dir("PRDIT_RESTORE_DIR", "restore");
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("restore_meta.json")).unwrap()).unwrap();
+    let sha = prdit::sample::sha256_file(&parity_dir().join("parity_weights.safetensors")).unwrap();
+    assert_eq!(
+        meta["parity_files_sha256"]["parity_weights.safetensors"].as_str(),
+        Some(sha.as_str()),
+        "the fixture was made on the weights of PRDIT_PARITY_DIR"
+    );
+    let device = Device::flex();
+    let (model, _) = common::checks::model(&device);
+    let r = read_fixture(dir.join("restore_reference.safetensors"));
+    let vol = |key: &str| -> Tensor<5> {
+        let t = &r[key];
+        let s = &t.shape[t.shape.len() - 3..];
+        Tensor::from_data(burn::tensor::TensorData::new(t.data.clone(), [1, 1, s[0], s[1], s[2]]), &device)
+    };
+    let steps = meta["steps"].as_u64().unwrap() as usize;
+    let pairs: Vec<(usize, usize)> = meta["time_grid_pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_u64().unwrap() as usize))
+        .collect();
+    assert_eq!(pairs, prdit::diffusion::time_grid(steps).unwrap(), "the official grid");
+    let draws = r["noise"].shape[0];
+    let noise: Vec<Tensor<5>> = (0..draws)
+        .map(|q| tensor::<6>(&r["noise"], &device).narrow(0, q, 1).reshape([1, 1, 16, 16, 16]))
+        .collect();
+    let start = vol("start");
+    let truth = vol("truth");
+    // The network's first call (t = the grid's first time).
+    let (eps1, x01) = prdit::diffusion::Denoiser::predict(&model, start.clone(), &[pairs[0].0 as f32]);
+    assert_close("eps at the first step", &host(eps1), &r["eps1"], FIRST_TOL);
+    assert_close("x0 at the first step", &host(x01.clone()), &r["x0raw1"], FIRST_TOL);
+    for task in ["sr", "infill", "deblur"] {
+        let t = &meta["tasks_meta"][task];
+        let o = &t["operator"];
+        let op = match task {
+            "sr" => {
+                Operator::Downsample { factor: o["scale_factor"].as_u64().unwrap() as usize, axes: [true; 3] }
+            }
+            "infill" => Operator::Mask { keep: Box::new(vol("mask_infill")) },
+            _ => Operator::Blur {
+                taps: gaussian_taps(
+                    o["kernel_size"].as_u64().unwrap() as usize,
+                    o["sigma"].as_f64().unwrap(),
+                )
+                .unwrap(),
+            },
+        };
+        let g = Guidance {
+            k: t["k_forward_step"].as_u64().unwrap() as usize,
+            rho: t["rho_guidance_scale"].as_f64().unwrap(),
+            cosine_weight: !t["w"].as_str().unwrap().starts_with('1'),
+            noise_weight: t["lambda_n_noise_weight"].as_f64().unwrap(),
+            cutoff: t["cutoff"].as_u64().unwrap() as usize,
+            replace_measured: task == "infill",
+        };
+        let defaults = match task {
+            "sr" => Guidance::SR,
+            "infill" => Guidance::INFILL,
+            _ => Guidance::DEBLUR,
+        };
+        assert_eq!(g, defaults, "{task}: prdit's defaults are TF-PRDiT's");
+        let y = op.apply(truth.clone());
+        assert_close(&format!("{task}: y"), &host(y.clone()), &r[&format!("y_{task}")], Y_TOL);
+        let res = op.apply(x01.clone()) - y.clone();
+        let norm = res.clone().square().sum().sqrt().into_scalar::<f64>();
+        assert_close(
+            &format!("{task}: first gradient"),
+            &host(op.adjoint(res) / norm),
+            &r[&format!("g1_{task}")],
+            FIRST_TOL,
+        );
+        let mut injected = InjectedNoise::new(noise.clone());
+        let out = guided(&model, (&op, &y), start.clone(), steps, g, &mut injected, &mut |_, _| {}).unwrap();
+        assert_eq!(injected.remaining(), 0, "{task}: every corrector draw used, in order");
+        assert!(injected.draw([1, 1, 16, 16, 16], &device).is_err());
+        assert_close(&format!("{task}: returned image"), &host(out), &r[&format!("out_{task}")], OUT_TOL);
+    }
+}

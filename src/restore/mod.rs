@@ -1,10 +1,11 @@
 //! Reconstruction with a trained PRDiT as the prior (TF-PRDiT's tasks, no retraining):
 //! super-resolution, infilling and deblurring from a linear measurement `y = A·x`.
 //!
-//! - [`guided`]: TF-PRDiT's guided predictor–corrector step as its code has it (spec §13.1):
-//!   the gradient of `‖A·x̂₀ − y‖` with respect to the image prediction (not through the
-//!   network), `Aᵀr/‖r‖`, scaled by ρ·w(t) and subtracted from the predictor; the corrector
-//!   re-noises with weight λ_n; infilling also writes the measured voxels into x̂₀.
+//! - [`guided`]: TF-PRDiT's guided predictor–corrector step as its code has it (spec §13.1;
+//!   parity with their code: `tests/restore.rs`): the gradient of `‖A·x̂₀ − y‖` with respect to
+//!   the image prediction (not through the network), `Aᵀr/‖r‖`, scaled by ρ·w(t) and subtracted
+//!   from the predictor (taken only on corrector steps); the corrector re-noises with weight
+//!   λ_n; infilling then writes the measured voxels into x̂₀ (after the gradient is taken).
 //! - [`Consistent`]: the few-step alternative (DDS): any sampler's image prediction made
 //!   consistent with `y` before the step — an exact projection where `A·Aᵀ` is a multiple of the
 //!   identity (downsampling, the mask), conjugate-gradient steps otherwise (the blur).
@@ -114,20 +115,24 @@ pub fn guided(
     let mut last = None;
     for (n, &(i, j)) in grid.iter().enumerate() {
         let (eps, x0) = model.predict(x.clone(), &vec![i as f32; batch]);
-        let x0 = if g.replace_measured { op.consistent(x0, y, 0) } else { x0 };
         let (sin, cos) = angle(i as f64).sin_cos();
+        // The guidance is the gradient at the network's own x̂₀ (before infilling's paste).
+        let guidance = if i > g.cutoff {
+            let r = op.apply(x0.clone()) - y.clone();
+            let norm = r.clone().square().sum().sqrt().into_scalar::<f64>();
+            let w = if g.cosine_weight { sin * sin } else { 1.0 };
+            (norm > 0.0).then(|| op.adjoint(r) * (g.rho * w / norm))
+        } else {
+            None
+        };
+        let x0 = if g.replace_measured { op.consistent(x0, y, 0) } else { x0 };
         let dphi = angle((i - j) as f64);
         let f = x0.clone() * sin - eps * cos;
         let t_pred = i as isize - (g.k * (i - j)) as isize;
         x = if t_pred >= 0 && i != 0 {
             let mut x_pred = x + f * (g.k as f64 * dphi);
-            if i > g.cutoff {
-                let r = op.apply(x0.clone()) - y.clone();
-                let norm = r.clone().square().sum().sqrt().into_scalar::<f64>();
-                if norm > 0.0 {
-                    let w = if g.cosine_weight { sin * sin } else { 1.0 };
-                    x_pred = x_pred - op.adjoint(r) * (g.rho * w / norm);
-                }
+            if let Some(step) = guidance {
+                x_pred = x_pred - step;
             }
             let alpha = angle(j as f64).cos() / angle(t_pred as f64).cos();
             let z = noise.draw(x_pred.dims(), &device)?;
