@@ -180,20 +180,22 @@ pub struct TrainGlobalArgs {
 pub struct RestoreArgs {
     #[command(flatten)]
     gpu: KernelCacheArgs,
-    /// What was measured: sr (downsampled), infill (a region missing) or deblur (blurred).
+    /// What was measured: xray (sparse-view radiographs), sr (downsampled), infill (a region
+    /// missing) or deblur (blurred).
     #[arg(long, value_enum)]
     task: Task,
     /// A run directory (its newest checkpoint's EMA weights), a checkpoint folder or a prdit model file.
     #[arg(long)]
     run: PathBuf,
-    /// The measurement (NIfTI, model space; for sr the downsampled volume).
+    /// The measurement (NIfTI, model space; for sr the downsampled volume; for xray the DRRs as
+    /// views × rows × columns).
     #[arg(long, conflicts_with = "simulate")]
     input: Option<PathBuf>,
     /// A known volume (NIfTI, model space, the model's size): the measurement is made from it,
     /// and the reconstructions are scored against it (PSNR, HU error per tissue band).
     #[arg(long)]
     simulate: Option<PathBuf>,
-    /// Output folder (measurement, restored-*.nii.gz, mean/std with --num > 1, preview.png, manifest.json).
+    /// Output folder (measurement, restored-*.nii.gz, residual.nii.gz, mean/std with --num > 1, preview.png, manifest.json).
     #[arg(long)]
     out: PathBuf,
     /// guided (TF-PRDiT's, 1000 steps by default) or a few-step solver with data consistency.
@@ -227,9 +229,20 @@ pub struct RestoreArgs {
     /// deblur: Gaussian sigma in voxels.
     #[arg(long, default_value_t = 2.0)]
     sigma: f64,
-    /// deblur with a few-step solver: conjugate-gradient steps of the data consistency.
+    /// deblur and xray with a few-step solver: conjugate-gradient steps of the data consistency.
     #[arg(long, default_value_t = 5)]
     cg_steps: usize,
+    /// xray: number of views, at TF-PRDiT's angles (1: 0°; 2: 0° and 90°; more: 0°, 90° and a
+    /// thinned uniform set), rotated as TF-PRDiT's code does.
+    #[arg(long, default_value_t = 2)]
+    views: usize,
+    /// xray: the gantry angles in degrees instead (comma-separated).
+    #[arg(long, value_delimiter = ',', conflicts_with = "views")]
+    angles: Option<Vec<f64>>,
+    /// guided: the guidance scale ρ instead of the task's TF-PRDiT default (xray 0.7, sr 20,
+    /// infill 3, deblur 10; tuned at 128³).
+    #[arg(long)]
+    rho: Option<f64>,
 }
 
 #[derive(Args)]
@@ -776,6 +789,9 @@ fn restore_cmd(spec: DeviceSpec, args: &RestoreArgs, quiet: bool) -> Result<()> 
         kernel: args.kernel,
         sigma: args.sigma,
         cg_steps: args.cg_steps,
+        views: args.views,
+        angles: args.angles.clone(),
+        rho: args.rho,
     };
     let job = RestoreJob {
         model: args.run.clone(),
@@ -802,6 +818,9 @@ fn restore_cmd(spec: DeviceSpec, args: &RestoreArgs, quiet: bool) -> Result<()> 
                 ("kernel", "--kernel --sigma"),
                 ("input", "--input or --simulate"),
                 ("num", "--num"),
+                ("views", "--views"),
+                ("angles", "--angles"),
+                ("rho", "--rho"),
             ],
         )
     })?;
@@ -817,7 +836,14 @@ fn restore_cmd(spec: DeviceSpec, args: &RestoreArgs, quiet: bool) -> Result<()> 
         args.out.join("manifest.json").display()
     );
     for r in &manifest.volumes {
-        let score = r.scores.as_ref().map(|s| format!(", PSNR {:.2} dB", s.psnr_db)).unwrap_or_default();
+        let score = r
+            .scores
+            .as_ref()
+            .map(|s| {
+                let ssim = s.ssim.map(|v| format!(", SSIM {v:.4}")).unwrap_or_default();
+                format!(", PSNR {:.2} dB{ssim}", s.psnr_db)
+            })
+            .unwrap_or_default();
         println!("  {}: residual ‖Ax − y‖/‖y‖ {:.2e}{score}", r.file, r.residual);
     }
     if let Some(rho) = manifest.spearman_std_error {

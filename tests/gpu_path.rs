@@ -273,3 +273,47 @@ fn gpu_path_then_the_command_line_trains_resumes_exactly_and_samples() {
         assert!(e < 1e-4, "volume {i}: {e:.2e}");
     }
 }
+
+/// Restoration on the GPU path: the X-ray projector (a gather and a scatter-add) against
+/// DiffDRR's DRRs and adjoint, TF-PRDiT's guided X-ray sampler with injected noise, and the
+/// other operators, their adjoints and the CG data consistency against the CPU backend.
+#[test]
+#[ignore = "GPU path: needs a Vulkan device; run scripts/test-gpu-path.sh"]
+fn gpu_path_restore_operators_and_the_xray_sampler_match() {
+    use prdit::restore::Operator;
+    use prdit::restore::ops::gaussian_taps;
+    let device = gpu();
+    common::checks::xray_projector_matches_diffdrr(&device);
+    common::checks::guided_xray_sampler_matches_tf_prdit(&device);
+    let cpu = Device::flex();
+    let x = host(SeededNoise::new(3, 1.0).draw([2, 1, 8, 8, 8], &cpu).unwrap());
+    let truth = host(SeededNoise::new(4, 1.0).draw([2, 1, 8, 8, 8], &cpu).unwrap());
+    let keep: Vec<f32> = (0..512).map(|i| ((i * 7) % 3 != 0) as u8 as f32).collect();
+    let run = |device: &Device| {
+        let vol = |v: &[f32], b: usize| {
+            Tensor::<5>::from_data(TensorData::new(v.to_vec(), [b, 1, 8, 8, 8]), device)
+        };
+        let ops = [
+            Operator::Downsample { factor: 4, axes: [true; 3] },
+            Operator::Mask { keep: Box::new(vol(&keep, 1)) },
+            Operator::Blur { taps: gaussian_taps(5, 2.0).unwrap() },
+        ];
+        ops.iter()
+            .flat_map(|op| {
+                let y = op.apply(vol(&truth, 2));
+                [
+                    host(op.apply(vol(&x, 2))),
+                    host(op.adjoint(y.clone())),
+                    host(op.consistent(vol(&x, 2), &y, 5)),
+                ]
+            })
+            .collect::<Vec<_>>()
+    };
+    let (got, want) = (run(&device), run(&cpu));
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        let e = rel_err(g, w);
+        let name = ["sr ×4", "mask", "blur"][k / 3].to_string() + [": A", ": Aᵀ", ": consistency"][k % 3];
+        eprintln!("{name}: relative difference to the CPU backend {e:.2e}");
+        assert!(e < 1e-5, "{name}: {e:.2e}");
+    }
+}

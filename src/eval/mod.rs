@@ -7,6 +7,7 @@ pub mod diversity;
 pub mod fid;
 pub mod msssim;
 pub mod resnet;
+pub mod ssim;
 pub mod stats;
 
 use std::path::{Path, PathBuf};

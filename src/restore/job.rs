@@ -9,6 +9,7 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::xray::{FIELD_MM, Geometry, Projector};
 use super::{Consistent, Guidance, Operator, guided};
 use crate::data::nifti::{read_volume, write_volume_oriented};
 use crate::data::preview::{Preview, shown, write_preview};
@@ -36,6 +37,9 @@ pub enum Task {
     Infill,
     /// Deblurring: a normalised 3D Gaussian (`--kernel` taps, `--sigma`), zero padding.
     Deblur,
+    /// Sparse-view X-rays: DRRs of `--views` views (TF-PRDiT's angles) or `--angles`, in TF-PRDiT's
+    /// geometry (700 mm source to isocentre, 820 mm to the panel, 256 mm field and panel).
+    Xray,
 }
 
 /// How a restoration is sampled.
@@ -70,8 +74,23 @@ pub struct RestoreOptions {
     pub mask: Option<PathBuf>,
     pub kernel: usize,
     pub sigma: f64,
-    /// Conjugate-gradient steps of the blur's data consistency.
+    /// Conjugate-gradient steps of the data consistency of the blur and the X-rays.
     pub cg_steps: usize,
+    /// X-rays: TF-PRDiT's set of this many views (unless `angles`).
+    #[serde(default = "two_views")]
+    pub views: usize,
+    /// X-rays: gantry angles in degrees instead of TF-PRDiT's set.
+    #[serde(default)]
+    pub angles: Option<Vec<f64>>,
+    /// The guided sampler's scale ρ instead of the task's TF-PRDiT default. Its step on x is
+    /// ρ·w·Aᵀr/‖r‖, whatever the volume's size, so the defaults (tuned at 128³) are too strong
+    /// on smaller volumes for the X-rays (`docs/restore.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rho: Option<f64>,
+}
+
+fn two_views() -> usize {
+    2
 }
 
 /// Where a job reads and writes.
@@ -92,6 +111,10 @@ pub struct RestoreJob {
 pub struct Scores {
     /// PSNR over the model-space range (peak-to-peak 2 for [−1, 1], 1 for [0, 1]).
     pub psnr_db: f64,
+    /// SSIM as TF-PRDiT reports it ([`crate::eval::ssim::tf_prdit`]) on both volumes mapped
+    /// from the model-space range to [0, 1] and clipped there.
+    #[serde(default)]
+    pub ssim: Option<f64>,
     /// Mean absolute error in HU per tissue band of the known volume (TF-PRDiT's bands: air
     /// [−1024, −900), lung [−900, −500), fat [−150, −50), soft tissue [−50, 100), bone
     /// [300, 1500)); absent without an HU window or where the band is empty.
@@ -191,6 +214,13 @@ impl RestoreOptions {
                 Operator::Blur { taps: super::ops::gaussian_taps(self.kernel, self.sigma)? },
                 Guidance::DEBLUR,
             ),
+            Task::Xray => {
+                let geometry = match &self.angles {
+                    Some(a) => Geometry::with_angles(a, size)?,
+                    None => Geometry::official(self.views, size)?,
+                };
+                (Operator::Xray(Box::new(Projector::new(geometry, device)?)), Guidance::XRAY)
+            }
         })
     }
 
@@ -216,8 +246,11 @@ fn name(i: usize) -> String {
     format!("restored-{i:05}.nii.gz")
 }
 
-fn scores(x: &[f32], truth: &[f32], range: ValueRange, window: Option<Window>) -> Scores {
+fn scores(x: &[f32], truth: &[f32], size: usize, range: ValueRange, window: Option<Window>) -> Scores {
     let [lo, hi] = range.bounds();
+    let unit =
+        |v: &[f32]| -> Vec<f32> { v.iter().map(|&a| ((a - lo) / (hi - lo)).clamp(0.0, 1.0)).collect() };
+    let ssim = Some(crate::eval::ssim::tf_prdit(&unit(x), &unit(truth), [size; 3])).filter(|v| v.is_finite());
     let mse = x.iter().zip(truth).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / x.len() as f64;
     let peak = (hi - lo) as f64;
     let psnr_db = 10.0 * (peak * peak / mse.max(1e-30)).log10();
@@ -238,7 +271,7 @@ fn scores(x: &[f32], truth: &[f32], range: ValueRange, window: Option<Window>) -
             (band.to_string(), value)
         })
         .collect();
-    Scores { psnr_db, mae_hu }
+    Scores { psnr_db, ssim, mae_hu }
 }
 
 /// Spearman's rank correlation of two equally long series (average ranks for ties).
@@ -291,7 +324,13 @@ pub fn restore(
     let window = info.as_ref().and_then(|i| i.window_hu).map(Window::from);
     let orientation = info.as_ref().map_or(Orientation::default(), |i| i.orientation);
     let spacing = info.as_ref().map_or([1.0; 3], |i| i.spacing_mm);
-    let (op, guidance) = o.operator(size, device)?;
+    let (op, mut guidance) = o.operator(size, device)?;
+    if let Some(rho) = o.rho {
+        if !(rho >= 0.0 && rho.is_finite()) {
+            return Err(Error::invalid("rho", format!("the guidance scale must be ≥ 0, given {rho}")));
+        }
+        guidance.rho = rho;
+    }
     let calls = o.network_calls()?;
     let full = [1, 1, size, size, size];
     let to_tensor = |v: &Volume, path: &Path, dims: [usize; 5]| -> Result<Tensor<5>> {
@@ -357,6 +396,10 @@ pub fn restore(
     let write = |path: &Path, data: Vec<f32>, dims: [usize; 3], what: &str| -> Result<Volume> {
         let spacing = if dims == [size; 3] {
             spacing
+        } else if o.task == Task::Xray {
+            // Views × panel rows × panel columns (the panel's pitch).
+            let pitch = (FIELD_MM / size as f64) as f32;
+            [1.0, pitch, pitch]
         } else {
             std::array::from_fn(|k| spacing[k] * (size / dims[k]) as f32)
         };
@@ -399,7 +442,7 @@ pub fn restore(
             return Err(Error::data(&path, format!("not written: the reconstruction {bad}")));
         }
         write(&path, data.clone(), [size; 3], "prdit restore")?;
-        let scores = truth.as_ref().map(|t| scores(&data, t, range, window));
+        let scores = truth.as_ref().map(|t| scores(&data, t, size, range, window));
         manifest.volumes.retain(|r| r.index != i);
         manifest.volumes.push(RestoredRecord {
             index: i,
@@ -416,6 +459,14 @@ pub fn restore(
         results.push(data);
         progress(i + 1, o.num);
     }
+    // The measurement residual of the first reconstruction, `A·x − y`, in the measurement's shape.
+    let first = Tensor::<5>::from_data(TensorData::new(results[0].clone(), full), device);
+    write(
+        &job.out.join("residual.nii.gz"),
+        to_host(op.apply(first) - y.clone(), "the residual")?,
+        [y_dims[2], y_dims[3], y_dims[4]],
+        "prdit restore: A·x − y of restored-00000",
+    )?;
     let voxels = size * size * size;
     let mean: Vec<f32> =
         (0..voxels).map(|v| results.iter().map(|r| r[v]).sum::<f32>() / o.num as f32).collect();
@@ -438,7 +489,7 @@ pub fn restore(
         )?;
         if let Some(t) = &truth {
             let err: Vec<f32> = mean.iter().zip(t).map(|(m, t)| (m - t).abs()).collect();
-            manifest.mean_scores = Some(scores(&mean, t, range, window));
+            manifest.mean_scores = Some(scores(&mean, t, size, range, window));
             manifest.spearman_std_error = Some(spearman(&std, &err));
         }
         rows.push(("voxelwise mean".to_string(), Volume { dims: [size; 3], spacing, data: mean }));
@@ -447,8 +498,17 @@ pub fn restore(
         rows.push(("known volume".to_string(), Volume { dims: [size; 3], spacing, data: t.clone() }));
     }
     write_atomic(&manifest_path, serde_json::to_string_pretty(&manifest).expect("serialises").as_bytes())?;
-    // The preview: the measurement at the volume's size (nearest, for super-resolution).
-    if rows[0].1.dims != [size; 3] {
+    // The preview: the measurement at the volume's size (nearest, for super-resolution; for the
+    // X-rays each ray's mean value spread back along it, the mean over rays per voxel).
+    if let Operator::Xray(p) = &op {
+        let chord = p.apply(Tensor::<5>::ones(full, device)).clamp_min(1e-6);
+        let hits = p.adjoint(Tensor::<5>::ones(y.dims(), device)).clamp_min(1e-6);
+        let mean_along = p.adjoint(y.clone() / chord) / hits;
+        rows[0] = (
+            "X-rays, back-projected".to_string(),
+            Volume { dims: [size; 3], spacing, data: to_host(mean_along, "the preview")? },
+        );
+    } else if rows[0].1.dims != [size; 3] {
         let m = &rows[0].1;
         let t = Tensor::<5>::from_data(
             TensorData::new(m.data.clone(), [1, 1, m.dims[0], m.dims[1], m.dims[2]]),

@@ -98,7 +98,12 @@ impl Reporter {
 
     fn record(&mut self, mut value: Value) -> Result<()> {
         value["time"] = json!(now());
-        writeln!(self.file, "{value}").and_then(|_| self.file.flush()).map_err(|e| Error::io(&self.path, e))
+        // One write per record, so that a reader never sees a line in pieces.
+        let line = format!("{value}\n");
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.flush())
+            .map_err(|e| Error::io(&self.path, e))
     }
 
     /// Prints a line above the progress bar (or as a log line), and appends it to `train.log`.

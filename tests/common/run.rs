@@ -77,7 +77,13 @@ pub fn config(dir: &Path, name: &str, data: &Path, depth: usize, extra: &str) ->
 
 pub fn records(run: &Path, kind: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|v| v["kind"] == kind).collect()
+    // Only complete lines: a running trainer may be appending the next one.
+    let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+    complete
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["kind"] == kind)
+        .collect()
 }
 
 pub fn losses(run: &Path) -> Vec<(u64, f64)> {
