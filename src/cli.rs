@@ -91,10 +91,11 @@ pub enum Command {
         after_help = "Examples:\n  prdit sample --run runs/lidc-global --out volumes/ --num 100 --batch 8\n  prdit sample --run runs/lidc-global --out fast/ --num 100 --batch 8 --sampler unipc --steps 20\n  prdit sample --checkpoint prdit_b.pt --model PRDiT-B/12/4 --size 128 --out official/"
     )]
     Sample(SampleArgs),
-    /// Restore a volume from a measurement with a trained model as the prior (super-resolution,
-    /// infilling, deblurring; TF-PRDiT's guided sampler or a few-step solver with data consistency).
+    /// Restore a volume from a measurement with a trained model as the prior (sparse-view X-rays,
+    /// super-resolution, infilling, deblurring; TF-PRDiT's guided sampler or a few-step solver
+    /// with data consistency).
     #[command(
-        after_help = "Examples:\n  prdit restore --task sr --factor 4 --run runs/global --simulate data/chest/vol-0001.nii.gz --out sr/ --sampler unipc --steps 20\n  prdit restore --task infill --run runs/global --input masked.nii.gz --out filled/ --num 8"
+        after_help = "Examples:\n  prdit restore --task xray --views 2 --run runs/global --simulate data/chest/vol-0001.nii.gz --out xray/ --sampler ddim --steps 10 --num 4\n  prdit restore --task sr --factor 4 --run runs/global --simulate data/chest/vol-0001.nii.gz --out sr/ --sampler unipc --steps 20\n  prdit restore --task infill --run runs/global --input masked.nii.gz --out filled/ --num 8"
     )]
     Restore(RestoreArgs),
     /// 3D-FID and MMD of generated volumes against real ones, on MedicalNet ResNet features.

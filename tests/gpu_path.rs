@@ -317,3 +317,16 @@ fn gpu_path_restore_operators_and_the_xray_sampler_match() {
         assert!(e < 1e-5, "{name}: {e:.2e}");
     }
 }
+
+/// PRDiT-FM's flow matching on the GPU path: the velocities of both stages, the validation
+/// reconstruction, Euler and Heun, and both stages' losses and gradients against the fixture of
+/// their own classes (`tests/fixtures/flow`), with the CPU tests' tolerances.
+#[test]
+#[ignore = "GPU path: needs a Vulkan device; run scripts/test-gpu-path.sh"]
+fn gpu_path_flow_matching_matches_prdit_fm() {
+    let device = gpu();
+    common::flow::path_embedding_and_velocities_match(&device);
+    common::flow::validation_reconstruction_matches(&device);
+    common::flow::euler_and_heun_samplers_match(&device);
+    common::flow::losses_and_gradients_of_both_stages_match(&device);
+}

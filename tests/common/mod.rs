@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod checks;
+pub mod flow;
 pub mod run;
 
 use std::collections::BTreeMap;
