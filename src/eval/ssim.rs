@@ -44,14 +44,12 @@ pub fn ssim_2d(a: &[f64], b: &[f64], rows: usize, cols: usize) -> f64 {
     for r in pad..rows - pad {
         for c in pad..cols - pad {
             let (r0, c0, r1, c1_) = (r - pad, c - pad, r + pad + 1, c + pad + 1);
-            let m: Vec<f64> = sums
-                .iter()
-                .map(|s| {
-                    (s[r1 * (cols + 1) + c1_] - s[r0 * (cols + 1) + c1_] - s[r1 * (cols + 1) + c0]
-                        + s[r0 * (cols + 1) + c0])
-                        / np
-                })
-                .collect();
+            let m: [f64; 5] = std::array::from_fn(|k| {
+                let s = &sums[k];
+                (s[r1 * (cols + 1) + c1_] - s[r0 * (cols + 1) + c1_] - s[r1 * (cols + 1) + c0]
+                    + s[r0 * (cols + 1) + c0])
+                    / np
+            });
             let (ux, uy) = (m[0], m[1]);
             let vx = cov_norm * (m[2] - ux * ux);
             let vy = cov_norm * (m[3] - uy * uy);

@@ -252,7 +252,7 @@ fn blur_axis(x: Tensor<5>, axis: usize, taps: &[f32]) -> Tensor<5> {
 fn conjugate_gradient(op: &Operator, x: Tensor<5>, y: &Tensor<5>, steps: usize) -> Tensor<5> {
     let b = x.dims()[0];
     let dot = |a: &Tensor<5>, c: &Tensor<5>| -> Tensor<5> {
-        let d = (a.clone() * c.clone()).dims();
+        let d = a.dims();
         (a.clone() * c.clone()).reshape([b, d[1] * d[2] * d[3] * d[4]]).sum_dim(1).reshape([b, 1, 1, 1, 1])
     };
     let mut x = x;

@@ -126,7 +126,6 @@ pub struct Projector {
     voxels: Tensor<1, Int>,
     /// `[1, entries]`: mm of each ray inside each voxel.
     lengths: Tensor<2>,
-    entries: usize,
 }
 
 /// The voxel segments of one line (world mm): `(flat voxel index of [D, H, W], length in mm)`.
@@ -184,7 +183,6 @@ impl Projector {
             rays: Tensor::from_data(TensorData::new(rays, [entries]), device),
             voxels: Tensor::from_data(TensorData::new(voxels, [entries]), device),
             lengths: Tensor::from_data(TensorData::new(lengths, [1, entries]), device),
-            entries,
         })
     }
 
@@ -216,11 +214,6 @@ impl Projector {
         let values = flat.select(1, self.rays.clone()) * self.lengths.clone();
         let zeros = Tensor::<2>::zeros([b, s * s * s], &values.device());
         zeros.select_assign(1, self.voxels.clone(), values, IndexingUpdateOp::Add).reshape([b, 1, s, s, s])
-    }
-
-    /// Stored (ray, voxel) pairs.
-    pub fn entries(&self) -> usize {
-        self.entries
     }
 }
 

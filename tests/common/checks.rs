@@ -427,10 +427,17 @@ pub fn guided_xray_sampler_matches_tf_prdit(device: &Device) {
     let s = g["input_size"].as_u64().unwrap() as usize;
     let views = g["views"].as_u64().unwrap() as usize;
     let steps = g["steps"].as_u64().unwrap() as usize;
+    let pairs: Vec<(usize, usize)> = g["time_grid_pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_u64().unwrap() as usize))
+        .collect();
+    assert_eq!(pairs, prdit::diffusion::time_grid(steps).unwrap(), "the official grid");
     let guidance = Guidance {
         k: g["k_forward_step"].as_u64().unwrap() as usize,
         rho: g["rho_guidance_scale"].as_f64().unwrap(),
-        cosine_weight: true,
+        cosine_weight: !g["w"].as_str().unwrap().starts_with('1'),
         noise_weight: g["lambda_n_noise_weight"].as_f64().unwrap(),
         cutoff: g["cutoff"].as_u64().unwrap() as usize,
         replace_measured: false,
@@ -441,8 +448,7 @@ pub fn guided_xray_sampler_matches_tf_prdit(device: &Device) {
     let y = op.apply(truth);
     assert_close("y", &host(y.clone()), &r["y_xray"], TOL);
     let start = volume_tensor(&r["start"], [1, 1, s, s, s], device);
-    let (_, x01) =
-        prdit::diffusion::Denoiser::predict(&model, start.clone(), &[(1000 - 1000 / steps) as f32]);
+    let (_, x01) = prdit::diffusion::Denoiser::predict(&model, start.clone(), &[pairs[0].0 as f32]);
     let res = op.apply(x01) - y.clone();
     let norm = res.clone().square().sum().sqrt().into_scalar::<f64>();
     assert_close("first gradient", &host(op.adjoint(res) / norm), &r["g1_xray"], TOL);
